@@ -1,0 +1,35 @@
+# clipserve: `make demo` runs the main job on the bundled sample dataset, `make test` runs the suite.
+# Both create the virtual environment (.venv) on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= data/sample-k400
+PYTEST_ARGS ?=
+
+.PHONY: all venv demo test bench clean
+
+all: venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch/torchvision first, pinned to the builds this machine has on disk (see README)
+	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/pip install -q -e ".[test,dali]"
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/python -m clipserve.demo --root $(DEMO_DIR)
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python benchmarks/index.py
+	$(BIN)/python benchmarks/cpu_executor.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

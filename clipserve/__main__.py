@@ -1,0 +1,5 @@
+import sys
+
+from clipserve.cli import main
+
+sys.exit(main())
