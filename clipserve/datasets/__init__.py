@@ -1,0 +1,34 @@
+"""Datasets: adapters that list (video, label) pairs, and the probed, cached video index.
+
+``get_adapter(name)(root, split) -> DatasetListing`` lists a split; ``build_index(root, ...)``
+(in :mod:`clipserve.datasets.index`, imported lazily because it pulls in PyAV) probes and caches it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from clipserve.datasets.record import DatasetEntry, DatasetListing, VideoRecord
+from clipserve.datasets.registry import adapter_names, get_adapter
+
+if TYPE_CHECKING:
+    from clipserve.datasets.index import IndexSummary, VideoIndex, build_index
+
+__all__ = [
+    "DatasetEntry",
+    "DatasetListing",
+    "IndexSummary",
+    "VideoIndex",
+    "VideoRecord",
+    "adapter_names",
+    "build_index",
+    "get_adapter",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("IndexSummary", "VideoIndex", "build_index"):
+        from clipserve.datasets import index
+
+        return getattr(index, name)
+    raise AttributeError(f"module 'clipserve.datasets' has no attribute {name!r}")

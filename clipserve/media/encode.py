@@ -5,6 +5,7 @@ Used by ``clipserve make-sample`` and by the tests' fixtures, so that no video i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
@@ -30,6 +31,8 @@ def encode_video(
     audio_sample_rate_hz: int | None = None,
     quality_crf: int = 23,
     extra_options: dict[str, str] | None = None,
+    deterministic: bool = False,
+    input_format: Literal["rgb24", "yuv420p"] = "rgb24",
 ) -> int:
     """Encode ``frames`` (each ``(H, W, 3)`` uint8 RGB) into ``path``; return the number of frames written.
 
@@ -40,10 +43,18 @@ def encode_video(
             frame rate files; ``None`` means constant rate ``fps``.
         audio_sample_rate_hz: also write a mono AAC (mp4) or Opus (webm) tone of the same length.
         extra_options: encoder options passed as-is (e.g. ``{"bf": "0"}``).
+        deterministic: make equal input give byte-identical files on every run: no random
+            container fields (Matroska writes a random segment UID otherwise) and, on CPUs with
+            AVX-512, libx264's assembly capped at AVX2 (its AVX-512 code made output vary with
+            whatever was in memory; measured, same speed). Pair with ``input_format='yuv420p'``.
+        input_format: 'rgb24' (frames ``(H, W, 3)``) or 'yuv420p' (frames ``(H * 3 // 2, W)``: the
+            Y plane, then U and V packed row after row, as ``av.VideoFrame.to_ndarray`` gives them;
+            H a multiple of 4). yuv420p input skips the per-frame colour conversion and encodes
+            exactly the pixel values given.
     """
     path = Path(path)
     fps = Fraction(fps).limit_denominator(1001) if not isinstance(fps, Fraction) else fps
-    container = av.open(str(path), mode="w")
+    container = av.open(str(path), mode="w", options={"fflags": "+bitexact"} if deterministic else None)
     try:
         stream = container.add_stream(_ENCODER[codec], rate=fps)
         stream.pix_fmt = pixel_format
@@ -55,6 +66,8 @@ def encode_video(
             options = {"crf": "32", "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
         elif codec == "av1":
             options = {"preset": "12", "crf": "40"}
+        if deterministic and codec == "h264" and _cpu_has_avx512():
+            options["x264-params"] = "asm=AVX2"
         options.update(extra_options or {})
         stream.options = options
         if frame_times_seconds is not None:
@@ -67,12 +80,17 @@ def encode_video(
             audio.layout = "mono"
         count = 0
         first = True
-        for i, rgb in enumerate(frames):
+        for i, image in enumerate(frames):
             if first:
-                h, w = rgb.shape[:2]
+                h, w = image.shape[:2]
+                if input_format == "yuv420p":
+                    h = h * 2 // 3
                 stream.width, stream.height = w, h
                 first = False
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            if input_format == "yuv420p":
+                frame = _yuv420p_frame(image, w, h)
+            else:
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             if frame_times_seconds is not None:
                 frame.pts = int(round(frame_times_seconds[i] * 90000))
                 frame.time_base = Fraction(1, 90000)
@@ -89,6 +107,30 @@ def encode_video(
     finally:
         container.close()
     return count
+
+
+@functools.cache
+def _cpu_has_avx512() -> bool:
+    try:
+        return "avx512" in Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: leave x264's CPU detection alone
+        return False
+
+
+def _yuv420p_frame(image: np.ndarray, width: int, height: int) -> av.VideoFrame:
+    """A yuv420p ``VideoFrame`` from a packed ``(H * 3 // 2, W)`` array, with every byte of each
+    plane set: the row padding past the width (left uninitialised by ``from_ndarray``) repeats the
+    last pixel, so no encoder SIMD over-read ever sees leftover memory."""
+    if image.shape != (height * 3 // 2, width) or width % 2 or height % 4:
+        raise ValueError(f"yuv420p frame shape {image.shape} != ({height * 3 // 2}, {width}) "
+                         "(width even, height a multiple of 4)")
+    frame = av.VideoFrame(width, height, "yuv420p")
+    chroma = image[height:].reshape(2, height // 2, width // 2)
+    for plane, source in zip(frame.planes, (image[:height], chroma[0], chroma[1])):
+        rows = np.frombuffer(plane, dtype=np.uint8).reshape(-1, plane.line_size)[: source.shape[0]]
+        rows[:, : source.shape[1]] = source
+        rows[:, source.shape[1] :] = source[:, -1:]
+    return frame
 
 
 def _write_tone(container: av.container.OutputContainer, audio: av.AudioStream, seconds: float) -> None:

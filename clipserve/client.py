@@ -1,0 +1,406 @@
+"""Trainer-side client: ``ClipStream`` iterates the batches a clipserve service produces.
+
+Example::
+
+    from clipserve.client import ClipStream
+
+    with ClipStream("http://127.0.0.1:8000", rank=rank, world_size=world_size) as stream:
+        for batch in stream:                     # ClipBatch
+            x = batch.clips.cuda(non_blocking=False).float().div_(255)   # (B, ρ, C, T, H, W)
+            ...
+            checkpoint["stream"] = stream.state_dict()
+
+**Zero copy.** With ``transport='shm'`` (same host), ``batch.clips`` is a view of a shared-memory
+slot: the service wrote it, nobody copies it. The slot goes back to the service when the next batch
+is requested (or on ``batch.release()`` / leaving ``with batch:``); after that the service may
+overwrite it. Call ``batch.clips.clone()`` to keep clips longer. The small fields
+(``video_index``, ``label``, ``clip_start_seconds``, ``is_padding``) are copies.
+
+**Attach protocol** (what the service implements):
+
+``POST {url}/v1/consumers`` with JSON
+``{"rank": int, "world_size": int, "start_epoch": int, "start_step": int, "transport": "shm"|"http"}``
+answers 200/201 with JSON containing at least
+``consumer_id`` (str), ``steps_per_epoch`` (int, batches per epoch for this rank), ``layout``
+(``BatchLayout.describe()``) and ``layout_id``; for ``transport='shm'`` also ``segment_name``,
+``socket_path``, ``connect_token`` and ``num_slots`` (i.e. ``ConsumerChannel.attach_info()``).
+The first batch delivered is (``start_epoch``, ``start_step``), then consecutive steps; after step
+``steps_per_epoch - 1`` comes (epoch + 1, 0). A 4xx answer is a user error (raised as
+``ClipStreamError`` with the service's message); connection errors and 5xx are retried.
+
+``DELETE {url}/v1/consumers/{consumer_id}`` detaches (sent by ``close()``, best effort).
+
+``GET {url}/v1/consumers/{consumer_id}/batches`` (``transport='http'``) streams frames as in
+:mod:`clipserve.transport.http_stream`.
+
+**Resume and restarts.** ``state_dict()`` gives the position of the next batch; a new stream with
+``load_state_dict()`` continues there. When the service goes away (socket or HTTP stream closes),
+the stream re-attaches at the next position, retrying with backoff for up to
+``reconnect_timeout_seconds``; since the stream is a pure function of (seed, epoch, step, rank),
+the batches are the same as without the restart. A service whose ``layout_id`` differs from the
+one first seen raises :class:`~clipserve.errors.LayoutChangedError`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+import torch
+
+from clipserve.errors import ClipserveError, LayoutChangedError, RingClosedError, RingError
+from clipserve.transport.channel import NoBatchError, RingConsumer
+from clipserve.transport.http_stream import FrameFormatError, iter_decode_frames
+from clipserve.transport.layout import BatchLayout
+
+Transport = Literal["shm", "http"]
+
+
+class ClipStreamError(ClipserveError):
+    """The service refused the request (4xx) or could not be reached within the timeout."""
+
+
+@dataclass
+class ClipBatch:
+    """One batch from the service.
+
+    Attributes:
+        clips: uint8 tensor (B, ρ, C, T, H, W), values in [0, 255]; with ``transport='shm'`` a
+            zero-copy view of a shared-memory slot, valid until ``release()`` (see module docs).
+        video_index: int64 tensor (B), index of each video in the service's dataset index.
+        label: int64 tensor (B), class id of each video.
+        clip_start_seconds: float32 tensor (B, ρ), start time of each clip in seconds.
+        is_padding: bool tensor (B), True for rows repeated to fill the last batch of an epoch.
+        epoch: epoch of this batch.
+        step: step of this batch within the epoch (per rank).
+    """
+
+    clips: torch.Tensor
+    video_index: torch.Tensor
+    label: torch.Tensor
+    clip_start_seconds: torch.Tensor
+    is_padding: torch.Tensor
+    epoch: int
+    step: int
+    _release: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+
+    def release(self) -> None:
+        """Give the slot back to the service now (idempotent). ``clips`` must not be used after."""
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def __enter__(self) -> ClipBatch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return (
+            f"ClipBatch(epoch={self.epoch}, step={self.step}, clips={tuple(self.clips.shape)} "
+            f"{self.clips.dtype}, padding_rows={int(self.is_padding.sum())})"
+        )
+
+
+def _check_int(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} ({value!r}) must be an int >= {minimum}")
+
+
+class ClipStream:
+    """Iterate batches from a clipserve service (``for batch in stream``), endlessly over epochs.
+
+    Args:
+        url: base URL of the service, e.g. ``"http://127.0.0.1:8000"``.
+        rank: this trainer process's rank in [0, world_size); each rank gets a disjoint part of
+            every epoch.
+        world_size: number of trainer processes attached to this service.
+        start_epoch: epoch of the first batch.
+        start_step: step (within ``start_epoch``) of the first batch.
+        transport: ``'shm'`` (same host: shared memory, zero copy) or ``'http'`` (any host: binary
+            frames over HTTP, one copy).
+        timeout_seconds: longest wait for one batch, and for one HTTP request.
+        reconnect_timeout_seconds: how long to keep re-attaching after the service went away (and
+            for the first attach, so a trainer may start before the service).
+        token: bearer token of a service started with ``--token`` (sent as ``Authorization:
+            Bearer``); default: the ``CLIPSERVE_TOKEN`` environment variable, else none.
+
+    Raises (while iterating):
+        LayoutChangedError: the service restarted with a different batch layout.
+        ClipStreamError: the service refused the attach (4xx) or stayed unreachable.
+        NoBatchError: (a ``RingError`` and ``TimeoutError``) no batch arrived within ``timeout_seconds``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        rank: int = 0,
+        world_size: int = 1,
+        start_epoch: int = 0,
+        start_step: int = 0,
+        *,
+        transport: Transport = "shm",
+        timeout_seconds: float = 120.0,
+        reconnect_timeout_seconds: float = 120.0,
+        token: str | None = None,
+    ) -> None:
+        _check_int("world_size", world_size, 1)
+        _check_int("rank", rank, 0)
+        if rank >= world_size:
+            raise ValueError(f"rank ({rank}) must be < world_size ({world_size})")
+        _check_int("start_epoch", start_epoch, 0)
+        _check_int("start_step", start_step, 0)
+        if transport not in ("shm", "http"):
+            raise ValueError(f"transport ({transport!r}) must be 'shm' or 'http'")
+        if timeout_seconds <= 0 or reconnect_timeout_seconds < 0:
+            raise ValueError("timeout_seconds must be > 0 and reconnect_timeout_seconds >= 0")
+        self.url = url.rstrip("/")
+        self.rank = rank
+        self.world_size = world_size
+        self.transport: Transport = transport
+        self.timeout_seconds = timeout_seconds
+        self.reconnect_timeout_seconds = reconnect_timeout_seconds
+        self._next_epoch = start_epoch
+        self._next_step = start_step
+        self._layout_id: str | None = None
+        self._layout: BatchLayout | None = None
+        self._steps_per_epoch: int | None = None
+        self._consumer_id: str | None = None
+        self._ring: RingConsumer | None = None
+        self._frames: Iterator[Any] | None = None
+        self._http_response: httpx.Response | None = None
+        self._current: ClipBatch | None = None
+        self._closed = False
+        token = os.environ.get("CLIPSERVE_TOKEN") if token is None else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(timeout_seconds, connect=min(timeout_seconds, 10.0)), headers=headers
+        )
+
+    # ----- public API ---------------------------------------------------------------------------
+
+    @property
+    def layout(self) -> BatchLayout:
+        """The service's batch layout (attaches if not attached yet)."""
+        self._ensure_attached()
+        assert self._layout is not None
+        return self._layout
+
+    @property
+    def consumer_id(self) -> str | None:
+        """The service's id for this consumer, or None before attaching."""
+        return self._consumer_id
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"epoch", "step"}`` of the next batch, plus ``rank``, ``world_size``, ``layout_id``."""
+        return {
+            "epoch": self._next_epoch,
+            "step": self._next_step,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "layout_id": self._layout_id,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue at ``state``'s position (re-attaching); its ``layout_id`` must match the service.
+
+        Raises:
+            ValueError: ``rank``/``world_size`` differ from this stream's, or fields are missing.
+            LayoutChangedError: (on the next batch) the service's layout differs from ``layout_id``.
+        """
+        try:
+            epoch, step = state["epoch"], state["step"]
+        except (KeyError, TypeError):
+            raise ValueError(f"state {state!r} lacks 'epoch' and 'step'") from None
+        _check_int("state['epoch']", epoch, 0)
+        _check_int("state['step']", step, 0)
+        for key in ("rank", "world_size"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(f"state {key} ({state[key]}) differs from this stream's ({getattr(self, key)})")
+        self._detach()
+        self._next_epoch, self._next_step = epoch, step
+        if state.get("layout_id") is not None:
+            self._layout_id = str(state["layout_id"])
+
+    def __iter__(self) -> ClipStream:
+        return self
+
+    def __next__(self) -> ClipBatch:
+        if self._closed:
+            raise StopIteration
+        self._release_current()
+        deadline: float | None = None
+        while True:
+            self._ensure_attached(deadline)
+            try:
+                batch = self._receive()
+            except httpx.ReadTimeout:
+                raise NoBatchError(f"no batch from {self.url} within {self.timeout_seconds} s") from None
+            except (RingClosedError, httpx.TransportError, httpx.HTTPStatusError, FrameFormatError) as error:
+                # The service went away (restart/crash/detach): attach again at the next position.
+                self._detach(send_delete=False)
+                if deadline is None:
+                    deadline = time.monotonic() + self.reconnect_timeout_seconds
+                elif time.monotonic() > deadline:
+                    raise ClipStreamError(f"lost the batch stream of {self.url} and could not resume: {error}") from None
+                continue
+            if (batch.epoch, batch.step) != (self._next_epoch, self._next_step):
+                batch.release()
+                raise RingError(
+                    f"service sent batch (epoch {batch.epoch}, step {batch.step}) but "
+                    f"(epoch {self._next_epoch}, step {self._next_step}) was expected"
+                )
+            self._advance(batch.epoch, batch.step)
+            self._current = batch
+            return batch
+
+    def close(self) -> None:
+        """Release the current slot, detach (``DELETE``, best effort), close connections."""
+        if self._closed:
+            return
+        self._release_current()
+        self._detach()
+        self._closed = True
+        self._http.close()
+
+    def __enter__(self) -> ClipStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ----- internals ----------------------------------------------------------------------------
+
+    def _advance(self, epoch: int, step: int) -> None:
+        if self._steps_per_epoch is not None and step + 1 >= self._steps_per_epoch:
+            self._next_epoch, self._next_step = epoch + 1, 0
+        else:
+            self._next_epoch, self._next_step = epoch, step + 1
+
+    def _release_current(self) -> None:
+        if self._current is not None:
+            self._current.release()
+            self._current = None
+
+    def _ensure_attached(self, deadline: float | None = None) -> None:
+        if self._consumer_id is not None:
+            return
+        if self._closed:
+            raise ClipStreamError("the stream is closed")
+        if deadline is None:
+            deadline = time.monotonic() + self.reconnect_timeout_seconds
+        delay_seconds = 0.1
+        while True:
+            try:
+                self._attach()
+                return
+            except (httpx.TransportError, _RetryableError, RingError) as error:
+                if isinstance(error, LayoutChangedError):
+                    raise
+                if time.monotonic() + delay_seconds > deadline:
+                    raise ClipStreamError(f"could not attach to clipserve at {self.url}: {error}") from None
+                time.sleep(delay_seconds)
+                delay_seconds = min(delay_seconds * 2, 2.0)
+
+    def _attach(self) -> None:
+        request = {
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "start_epoch": self._next_epoch,
+            "start_step": self._next_step,
+            "transport": self.transport,
+        }
+        response = self._http.post(f"{self.url}/v1/consumers", json=request)
+        if response.status_code >= 500:
+            raise _RetryableError(f"POST /v1/consumers answered {response.status_code}: {response.text[:200]}")
+        if response.status_code >= 400:
+            raise ClipStreamError(f"POST /v1/consumers answered {response.status_code}: {response.text[:500]}")
+        info = response.json()
+        try:
+            consumer_id = str(info["consumer_id"])
+            layout = BatchLayout.from_description(info["layout"])
+            steps_per_epoch = info.get("steps_per_epoch")
+        except (KeyError, TypeError, ValueError) as error:
+            raise ClipStreamError(f"attach response lacks a field or has a bad one: {error}") from None
+        if self._layout_id is not None and layout.layout_id != self._layout_id:
+            self._delete(consumer_id)
+            raise LayoutChangedError(
+                f"the service's batch layout changed (layout_id {self._layout_id} -> {layout.layout_id}, "
+                f"now clips {layout.clips_shape}); restart training or use a matching service config"
+            )
+        if self.transport == "shm":
+            try:
+                self._ring = RingConsumer(info, connect_timeout_seconds=min(self.timeout_seconds, 30.0))
+            except RingError:
+                self._delete(consumer_id)
+                raise
+        else:
+            self._open_http_stream(consumer_id)
+        self._consumer_id = consumer_id
+        self._layout = layout
+        self._layout_id = layout.layout_id
+        self._steps_per_epoch = int(steps_per_epoch) if steps_per_epoch else None
+
+    def _open_http_stream(self, consumer_id: str) -> None:
+        request = self._http.build_request("GET", f"{self.url}/v1/consumers/{consumer_id}/batches")
+        response = self._http.send(request, stream=True)
+        if response.status_code != 200:
+            response.read()
+            response.close()
+            self._delete(consumer_id)
+            raise _RetryableError(f"GET batches answered {response.status_code}: {response.text[:200]}")
+        self._http_response = response
+        self._frames = iter_decode_frames(response.iter_bytes())
+
+    def _receive(self) -> ClipBatch:
+        if self._ring is not None:
+            ring = self._ring
+            message = ring.next_slot(self.timeout_seconds)
+            views = ring.tensors(message.slot)
+            return ClipBatch(
+                clips=views["clips"],
+                video_index=views["video_index"].clone(),
+                label=views["label"].clone(),
+                clip_start_seconds=views["clip_start_seconds"].clone(),
+                is_padding=views["is_padding"].clone(),
+                epoch=message.epoch,
+                step=message.step,
+                _release=lambda: ring.release(message.slot),
+            )
+        assert self._frames is not None
+        try:
+            frame = next(self._frames)
+        except StopIteration:
+            raise RingClosedError("the service ended the HTTP batch stream") from None
+        if frame.layout_id != self._layout_id:
+            raise LayoutChangedError(f"frame layout_id {frame.layout_id} differs from {self._layout_id}")
+        tensors = {name: torch.from_numpy(array) for name, array in frame.arrays.items()}
+        return ClipBatch(**tensors, epoch=frame.epoch, step=frame.step)
+
+    def _delete(self, consumer_id: str) -> None:
+        try:
+            self._http.delete(f"{self.url}/v1/consumers/{consumer_id}", timeout=2.0)
+        except httpx.HTTPError:
+            pass
+
+    def _detach(self, *, send_delete: bool = True) -> None:
+        self._release_current()
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._http_response is not None:
+            self._http_response.close()
+            self._http_response = None
+        self._frames = None
+        if self._consumer_id is not None and send_delete:
+            self._delete(self._consumer_id)
+        self._consumer_id = None
+
+
+class _RetryableError(ClipserveError):
+    """A transient attach failure (5xx, stream not ready)."""

@@ -1,0 +1,185 @@
+"""``clipserve start``: index the dataset if needed, then serve batches and the control plane.
+
+Every flag maps one-to-one onto a field of ``clipserve.settings.ServiceConfig`` and can also be
+given as an environment variable ``CLIPSERVE_<FIELD>`` or in a ``--config`` file (TOML/JSON, flat
+keys = field names). Priority: flags, environment, config file, defaults.
+
+Runs until SIGINT or SIGTERM, then shuts down cleanly: every consumer is detached (its ring
+segment unlinked, its decode workers joined) before the process exits with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from clipserve.errors import ConfigError
+from clipserve.settings import ServiceConfig, load_service_config
+
+HELP = "serve clip batches to trainers (shared memory / HTTP) and the REST control plane"
+
+# (flag, ServiceConfig field, type, help with unit). The default shown comes from ServiceConfig.
+_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--dataset", "dataset", str, "dataset adapter: k400 or folder"),
+    ("--root", "root", Path, "dataset root directory"),
+    ("--split", "split", str, "dataset split to serve, e.g. train or val"),
+    ("--index-cache", "index_cache_path", Path,
+     "index cache file (SQLite); unset: <root>/.clipserve/ or ~/.cache/clipserve/"),
+    ("--backend", "backend", str, "executor: pyav (CPU), dali (NVDEC on a GPU; CPU only for VP9), auto"),
+    ("--num-clips", "num_clips", int, "ρ, clips per video (count)"),
+    ("--frames-per-clip", "frames_per_clip", int, "T, frames per clip (frames)"),
+    ("--frame-stride", "frame_stride", int, "τ, frames of the target-fps timeline between sampled frames (frames)"),
+    ("--target-fps", "target_fps", float, "frame rate the stride counts in (frames per second)"),
+    ("--max-span-seconds", "max_span_seconds", float,
+     "t_max, largest distance between clip starts (seconds); unset: global sampling"),
+    ("--min-span-seconds", "min_span_seconds", float, "smallest distance between first and last clip start (seconds)"),
+    ("--crop-size", "crop_size_pixels", int, "height and width of every output frame (pixels)"),
+    ("--batch-size", "batch_size", int, "B, videos per batch (videos)"),
+    ("--workers", "workers", int, "decode worker processes per consumer (processes); unset: CPU cores"),
+    ("--prefetch-batches", "prefetch_batches", int, "batches decoded ahead = ring slots per consumer (batches)"),
+    ("--seed", "seed", int, "seed of the plans and of the epoch order"),
+    ("--shard-id", "shard_id", int, "this node's shard of every epoch, 0..num_shards-1"),
+    ("--num-shards", "num_shards", int, "nodes the epoch is split across (count)"),
+    ("--host", "host", str, "address to listen on; non-loopback addresses need --token"),
+    ("--port", "port", int, "TCP port (0 = any free port; the URL is printed when ready)"),
+    ("--token", "token", str, "bearer token required on every route but /healthz (>= 8 characters)"),
+]
+
+
+def _default_text(field: str) -> str:
+    info = ServiceConfig.model_fields[field]
+    if info.is_required():
+        return "required: flag, env or config file"
+    return f"default: {info.default}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: only flags given on the command line override the environment and config file
+    for flag, field, kind, text in _FLAGS:
+        parser.add_argument(flag, dest=field, type=kind, default=argparse.SUPPRESS,
+                            help=f"{text} ({_default_text(field)}; env CLIPSERVE_{field.upper()})")
+    parser.add_argument("--eval-mode", dest="eval_mode", action="store_const", const=True,
+                        default=argparse.SUPPRESS,
+                        help="evaluation view: short side resized, centre crop, no random augmentation "
+                             "(default: off; env CLIPSERVE_EVAL_MODE)")
+    parser.add_argument("--config", dest="config_file", type=Path, default=None,
+                        help="config file, TOML or JSON, flat keys named like the fields (e.g. batch_size = 8)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="log verbosity")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
+                        help="no progress bar while indexing (the bar goes to stderr)")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    fields = {field for _, field, _, _ in _FLAGS} | {"eval_mode"}
+    return {name: value for name, value in vars(args).items() if name in fields}
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _remove_leftovers_of_this_pid() -> list[str]:
+    """Remove /dev/shm entries named with *this* process id (before any ring exists).
+
+    ``cleanup_stale_segments`` keeps entries whose pid is alive; in a container the service often
+    gets the same pid after a crash and restart (e.g. 1 or 7), so its own leftovers would look
+    alive. At this point this process has created nothing yet, so every such entry is stale.
+    """
+    import os
+    import shutil
+
+    from clipserve.transport.ring import NAME_PREFIX, SHM_DIR
+
+    prefix = f"{NAME_PREFIX}-{os.getuid()}-{os.getpid()}-"
+    removed = []
+    try:
+        entries = list(os.scandir(SHM_DIR))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(entry.name)
+        except FileNotFoundError:
+            continue
+    return removed
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from clipserve.api.app import create_app
+    from clipserve.service import ServiceState, build_service_index
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_service_config(_overrides(args), args.config_file)
+    sock = _bind(config.host, config.port)  # fail fast when the port is taken, before indexing
+    port = sock.getsockname()[1]
+    try:
+        print(f"clipserve: indexing {config.dataset}/{config.split} at {config.root} ...", file=sys.stderr, flush=True)
+        index = build_service_index(config, progress=getattr(args, "progress", True))
+        _remove_leftovers_of_this_pid()
+        state = ServiceState(config, index)  # also removes leftovers of dead service processes
+    except BaseException:
+        sock.close()
+        raise
+    url = _url(config.host, port)
+    ready_line = f"clipserve: serving {len(index.records)} videos at {url} (backend {state.backend}); Ctrl-C stops"
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and not self.should_exit:
+                print(ready_line, flush=True)
+
+    app = create_app(config, state_factory=lambda: state)
+    server = _Server(
+        uvicorn.Config(
+            app,
+            log_level="warning" if args.log_level != "debug" else "debug",
+            access_log=args.log_level == "debug",
+            timeout_graceful_shutdown=5,
+            lifespan="on",
+        )
+    )
+    # uvicorn re-raises a captured signal after its graceful shutdown; these no-op handlers let
+    # the process then exit normally (status 0) instead of dying from that re-raised signal.
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        state.close()  # idempotent: normally done by the lifespan already
+        sock.close()
+    if not server.started:
+        print("clipserve start: error: the server did not start (see the log above)", file=sys.stderr)
+        return 1
+    print("clipserve: stopped", file=sys.stderr, flush=True)
+    return 0

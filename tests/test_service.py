@@ -1,0 +1,227 @@
+"""The real service (``python -m clipserve start`` subprocess on 127.0.0.1) with real consumer
+processes: batch contents, ranks, ``kill -9`` of a consumer and of the service, REST over HTTP,
+and the HTML page in headless Chromium."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipserve.api.render import sheet_geometry
+from clipserve.datasets.index import build_index
+from clipserve.executors.pool import BatchProducer
+from clipserve.plan import plan
+from clipserve.settings import load_service_config
+from tests.service_helpers import (
+    SERVICE_SETTINGS,
+    batch_record,
+    make_tiny_dataset,
+    read_records,
+    shm_entries,
+    start_consumer,
+    start_service,
+    stop_service,
+    wait_for,
+)
+
+CHROMIUM = shutil.which("chromium") or (os.path.exists("/usr/bin/chromium") and "/usr/bin/chromium") or None
+_COMPARED = ("epoch", "step", "video_index", "is_padding", "clip_start_seconds", "clips_shape", "clips_sha256")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.mktemp("service") / "k400")
+
+
+@pytest.fixture(scope="module")
+def config(dataset: Path):  # noqa: ANN201
+    return load_service_config({"root": dataset, **SERVICE_SETTINGS})
+
+
+@pytest.fixture(scope="module")
+def index(dataset: Path):  # noqa: ANN201
+    # the same (default) cache the service uses: built once here, reused by every service start
+    return build_index(dataset, dataset="k400", split="train", workers=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def expected(config, index):  # noqa: ANN001, ANN201
+    """``expected(rank, world_size, n)``: the first n batches an in-process producer gives."""
+    cache: dict[tuple[int, int, int], list[dict[str, Any]]] = {}
+
+    def batches(rank: int, world_size: int, n: int) -> list[dict[str, Any]]:
+        key = (rank, world_size, n)
+        if key not in cache:
+            with BatchProducer(index, sampling=config.sampling(), augment=config.augment(),
+                               batch_size=config.batch_size, seed=config.seed, workers=1,
+                               prefetch_batches=1, rank=rank, world_size=world_size) as producer:
+                out = []
+                for batch in producer.batches(0, 0):
+                    out.append(batch_record(batch.clips, batch.video_index, batch.is_padding,
+                                            batch.clip_start_seconds, batch.epoch, batch.step))
+                    if len(out) == n:
+                        break
+            cache[key] = out
+        return cache[key]
+
+    return batches
+
+
+@pytest.fixture(scope="module")
+def service(dataset: Path, index, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
+    log = tmp_path_factory.mktemp("service-log") / "service.log"
+    running = start_service(dataset, log)
+    try:
+        yield running
+    finally:
+        stopped = stop_service(running.process)
+    assert stopped.status == 0 and not stopped.leftover_processes, running.log()[-3000:]
+    assert not shm_entries(running.process.pid), "segments left after SIGTERM"
+
+
+def _compared(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: r[k] for k in _COMPARED} for r in records]
+
+
+def _finish(process: subprocess.Popen[bytes], out: Path, timeout_seconds: float = 60.0) -> list[dict[str, Any]]:
+    try:
+        status = process.wait(timeout_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise AssertionError(f"consumer hung; log:\n{out.with_suffix('.log').read_text()}") from None
+    assert status == 0, out.with_suffix(".log").read_text()
+    return read_records(out)
+
+
+def test_consumers_get_exactly_the_in_process_batches(service, expected, tmp_path: Path) -> None:  # noqa: ANN001
+    shm = start_consumer(service.url, tmp_path / "shm.jsonl", batches=4)  # crosses into epoch 1
+    http = start_consumer(service.url, tmp_path / "http.jsonl", batches=4, transport="http")
+    want = expected(0, 1, 4)
+    assert [(r["epoch"], r["step"]) for r in want] == [(0, 0), (0, 1), (0, 2), (1, 0)]
+    assert _compared(_finish(shm, tmp_path / "shm.jsonl")) == want
+    assert _compared(_finish(http, tmp_path / "http.jsonl")) == want
+
+
+def test_two_ranks_get_disjoint_halves_whose_union_is_the_epoch(service, expected, tmp_path: Path) -> None:  # noqa: ANN001
+    info = service.get("/v1/info").json()
+    num_videos = info["num_videos"]
+    steps = -(-((num_videos + 1) // 2) // SERVICE_SETTINGS["batch_size"])
+    processes = [start_consumer(service.url, tmp_path / f"rank{r}.jsonl", batches=steps, rank=r, world_size=2)
+                 for r in (0, 1)]
+    seen = []
+    for rank, process in enumerate(processes):
+        records = _finish(process, tmp_path / f"rank{rank}.jsonl")
+        assert _compared(records) == expected(rank, 2, steps)
+        assert all(r["epoch"] == 0 for r in records)
+        seen.append({v for r in records for v, pad in zip(r["video_index"], r["is_padding"]) if not pad})
+    assert seen[0].isdisjoint(seen[1])
+    assert seen[0] | seen[1] == set(range(num_videos))
+
+
+def test_kill_9_of_a_consumer_holding_a_slot_frees_it(service, tmp_path: Path) -> None:  # noqa: ANN001
+    out = tmp_path / "held.jsonl"
+    process = start_consumer(service.url, out, batches=100, hold_after=1)
+    try:
+        wait_for(lambda: "holding" in out.with_suffix(".log").read_text(), 60, "the consumer to hold a batch")
+        stats = service.get("/v1/stats").json()
+        (mine,) = [c for c in stats["consumers"] if c["consumer_id"] == read_records(out)[0]["consumer_id"]]
+        assert mine["ring_slots_taken"] >= 1  # the held batch (plus prefetched ones)
+        segments = [name for name in shm_entries(service.process.pid) if name.endswith(mine["consumer_id"])]
+        assert segments, "the consumer's ring segment should exist while it is attached"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    def released() -> bool:
+        stats = service.get("/v1/stats").json()
+        return all(c["consumer_id"] != mine["consumer_id"] for c in stats["consumers"])
+
+    wait_for(released, 30, "the service to drop the killed consumer")
+    stats = service.get("/v1/stats").json()
+    assert stats["consumers"] == [] and stats["ring_slots_taken"] == 0
+    assert not [n for n in shm_entries(service.process.pid) if mine["consumer_id"] in n]
+    # the service still serves a new consumer
+    again = start_consumer(service.url, tmp_path / "again.jsonl", batches=1)
+    assert len(_finish(again, tmp_path / "again.jsonl")) == 1
+
+
+def test_stats_and_metrics_count_delivered_batches(service) -> None:  # noqa: ANN001
+    stats = service.get("/v1/stats").json()
+    assert stats["batches_delivered_total"] >= 4
+    assert stats["clips_delivered_total"] == stats["videos_delivered_total"] * SERVICE_SETTINGS["num_clips"]
+    assert stats["stage_seconds_total"]["decode"] > 0
+    assert stats["decode_errors_total"] == 0 and stats["recent_substitutions"] == []
+    metrics = service.get("/metrics").text
+    values = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line and not line.startswith("#"))
+    assert float(values["clipserve_batches_delivered_total"]) >= stats["batches_delivered_total"]
+    assert float(values["clipserve_consumers"]) == len(service.get("/v1/stats").json()["consumers"])
+
+
+def test_rest_over_http_plan_png_and_4xx(service, config, index) -> None:  # noqa: ANN001
+    got = service.get("/v1/videos/1/plan", params={"epoch": 4}).json()
+    assert got == plan(index.records[1], 4, 1, config.seed, config.sampling(), config.augment()).model_dump(mode="json")
+    png = service.get("/v1/videos/1/clips.png", params={"epoch": 4})
+    image = Image.open(io.BytesIO(png.content))
+    geometry = sheet_geometry(config.num_clips, config.frames_per_clip, config.crop_size_pixels)
+    assert image.format == "PNG" and image.size == (geometry.width_pixels, geometry.height_pixels)
+    assert geometry.num_rows == config.num_clips
+    for path, status in (("/v1/videos/-1", 422), ("/v1/videos/6", 404), ("/v1/videos?limit=5000", 422),
+                         ("/v1/videos/0/plan?epoch=one", 422), ("/v1/videos/..%2F..%2Fetc%2Fpasswd", 404)):
+        assert service.get(path).status_code == status, path
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium not installed (CI's .ci/run installs it)")
+def test_page_lists_videos_in_headless_chromium(service, index, tmp_path: Path) -> None:  # noqa: ANN001
+    profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--no-first-run", "--no-default-browser-check", f"--user-data-dir={profile}",
+               "--virtual-time-budget=10000", "--dump-dom", service.url + "/"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=90)
+    dom = result.stdout
+    assert 'id="video-list"' in dom, result.stderr[-2000:]
+    assert dom.count("<li data-index=") == len(index.records), dom[-3000:]
+    for record in index.records:
+        assert record.relative_path.replace("&", "&amp;") in dom
+    assert "6 videos" in dom and "backend pyav" in dom
+
+
+def test_kill_9_of_the_service_then_restart_cleans_up_and_client_resumes(
+    dataset: Path, index, expected, tmp_path: Path  # noqa: ANN001
+) -> None:
+    first = start_service(dataset, tmp_path / "first.log")
+    second = None
+    out = tmp_path / "resume.jsonl"
+    consumer = start_consumer(first.url, out, batches=6, delay_seconds=0.3)
+    try:
+        wait_for(lambda: len(read_records(out)) >= 2, 60, "two batches before the crash")
+        dead_pid = first.process.pid
+        assert shm_entries(dead_pid), "a ring segment should exist while the consumer is attached"
+        first.process.send_signal(signal.SIGKILL)  # the service process only: a crash
+        first.process.wait()
+        assert shm_entries(dead_pid), "a crash leaves its segments behind"
+        second = start_service(dataset, tmp_path / "second.log", port=first.port)
+        assert shm_entries(dead_pid) == [], "the next start removes the crashed instance's segments"
+        records = _finish(consumer, out, timeout_seconds=90)
+        assert _compared(records) == expected(0, 1, 6)
+        assert len({r["consumer_id"] for r in records}) == 2  # it re-attached to the new instance
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+            consumer.wait()
+        stop_service(first.process)
+    stopped = stop_service(second.process)
+    assert stopped.status == 0  # SIGTERM: clean shutdown
+    assert not stopped.leftover_processes  # decode workers joined: nothing left in its process group
+    assert shm_entries(second.process.pid) == []

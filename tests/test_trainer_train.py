@@ -1,0 +1,145 @@
+"""The training loop: exact resume for every objective, CLI behaviour, logs and checkpoints, evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.checkpoint import load_checkpoint
+from trainer.config import ConfigError, make_config
+from trainer.data import SyntheticClipStream
+from trainer.eval import extract_features, knn_accuracy, linear_probe_accuracy
+from trainer.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = dict(  # tiny heads, queue and prototypes so a step takes a fraction of a second on a loaded CPU
+    server="synthetic", mlp_hidden_dim=32, output_dim=16, moco_queue_size=32, swav_num_prototypes=10,
+    swav_queue_size=8, swav_queue_start_step=2, swav_freeze_prototypes_steps=2, progress=False,
+    log_every_steps=1, checkpoint_every_steps=1000, deterministic=True,
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_state():
+    state = torch.get_rng_state()
+    yield
+    torch.use_deterministic_algorithms(False)
+    torch.set_rng_state(state)
+
+
+def _stream(limit_steps: int | None = None) -> SyntheticClipStream:
+    # 12 videos, 4 per batch: 3 steps per epoch, so the 6-step runs cross two epoch boundaries
+    return SyntheticClipStream(batch_size=4, num_clips=3, frames=4, size_pixels=32, num_videos=12, seed=5,
+                               limit_steps=limit_steps)
+
+
+@pytest.mark.parametrize("objective", ["moco", "byol", "simclr", "swav"])
+def test_stopped_and_resumed_run_gives_the_same_losses(objective, tmp_path):
+    base = dict(SMALL, max_steps=6)
+    straight = train(make_config(objective, "cpu", checkpoint_dir=str(tmp_path / "straight"), **base), _stream())
+    assert straight.final_step == 6 and len(straight.losses) == 6
+
+    first = train(make_config(objective, "cpu", checkpoint_dir=str(tmp_path / "split"), **base), _stream(limit_steps=4))
+    assert first.final_step == 4  # the source ended: a stopped run, checkpointed at step 4
+    ckpt = load_checkpoint(tmp_path / "split")
+    assert ckpt["step"] == 4 and ckpt["per_rank"][0]["stream"] == {"epoch": 1, "step": 1}
+    assert ckpt["per_rank"][0]["last_batch"] == {"epoch": 1, "step": 0}
+    resumed = train(make_config(objective, "cpu", checkpoint_dir=str(tmp_path / "split"), resume=True, **base), _stream())
+    assert resumed.first_step == 4 and resumed.final_step == 6
+    assert first.losses + resumed.losses == straight.losses  # bit-exact
+
+    metrics = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    assert all(0.0 <= m["data_wait_fraction"] <= 1.0 and m["clips_per_second"] > 0 for m in metrics)
+
+
+def test_checkpoint_holds_the_moco_queue_and_momentum_encoder(tmp_path):
+    cfg = make_config("moco", "cpu", checkpoint_dir=str(tmp_path), **dict(SMALL, max_steps=2))
+    train(cfg, _stream())
+    ckpt = load_checkpoint(tmp_path)
+    model = ckpt["model"]
+    assert model["queue"].shape == (32, 16)
+    assert int(model["queue_ptr"]) == (2 * 3 * 4) % 32  # 2 steps × ρ=3 key sets × B=4
+    assert any(k.startswith("backbone_momentum.") for k in model)
+    assert ckpt["config"]["objective"] == "moco" and ckpt["optimizer"]["state"]
+    assert set(ckpt["per_rank"][0]["rng"]) >= {"python", "numpy", "torch"}
+
+
+def test_resume_rejects_a_checkpoint_of_another_objective(tmp_path):
+    train(make_config("byol", "cpu", checkpoint_dir=str(tmp_path), **dict(SMALL, max_steps=1)), _stream())
+    with pytest.raises(ConfigError, match="is for 'byol', not 'simclr'"):
+        train(make_config("simclr", "cpu", checkpoint_dir=str(tmp_path), resume=True, **dict(SMALL, max_steps=2)), _stream())
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        train(make_config("moco", "cpu", checkpoint_dir=str(tmp_path), resume=True, **SMALL), _stream())
+
+
+def _run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_cli_trains_logs_and_evaluates(tmp_path):
+    out = tmp_path / "run"
+    proc = _run_cli("trainer", "--objective", "swav", "--profile", "cpu", "--server", "synthetic", "--max-steps", "3",
+                    "--checkpoint-dir", str(out), "--synthetic-batch-size", "4", "--synthetic-frames", "4",
+                    "--synthetic-size-pixels", "32", "--synthetic-num-videos", "16", "--mlp-hidden-dim", "32",
+                    "--swav-num-prototypes", "10", "--log-every-steps", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "saved" in proc.stderr and "clips_s=" in proc.stderr and "wait=" in proc.stderr  # the progress bar
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+    proc = _run_cli("trainer.eval", "--checkpoint", str(out), "--server", "synthetic", "--k", "5", "--probe-steps", "20")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["num_train_videos"] + result["num_val_videos"] == 16 and 0.0 <= result["knn_top1"] <= 1.0
+    assert result["checkpoint_step"] == 3 and result["knn_weighting"] == "temperature"
+
+
+def test_cli_rejects_unknown_options_with_status_2():
+    proc = _run_cli("trainer", "--objective", "moco", "--server", "synthetic", "--queue-size", "10")
+    assert proc.returncode == 2
+    assert "unknown option --queue-size" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- evaluation (pure functions)
+def _clusters(n_per_class: int, num_classes: int, dim: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(num_classes, dim, generator=torch.Generator().manual_seed(0)), dim=1)
+    labels = torch.arange(num_classes).repeat_interleave(n_per_class)
+    return centres[labels] + noise * torch.randn(len(labels), dim, generator=g), labels
+
+
+def test_knn_and_linear_probe_on_separable_and_random_features():
+    f_tr, y_tr = _clusters(30, 4, 16, 0.1, seed=1)
+    f_te, y_te = _clusters(10, 4, 16, 0.1, seed=2)
+    assert knn_accuracy(f_tr, y_tr, f_te, y_te, k=20) == 1.0
+    assert knn_accuracy(f_tr, y_tr, f_te, y_te, k=20, weighting="majority") == 1.0
+    assert linear_probe_accuracy(f_tr, y_tr, f_te, y_te) == 1.0
+    shuffled = y_tr[torch.randperm(len(y_tr), generator=torch.Generator().manual_seed(3))]
+    assert knn_accuracy(f_tr, shuffled, f_te, y_te, k=20) < 0.6  # labels carry no signal → near chance (0.25)
+
+
+def test_knn_temperature_weighting_differs_from_majority():
+    # 1 very close neighbour of class 0 against 2 far ones of class 1: weighted votes pick 0, majority picks 1
+    train_f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.05, 1.0]])
+    train_y = torch.tensor([0, 1, 1])
+    test_f, test_y = torch.tensor([[1.0, 0.02]]), torch.tensor([0])
+    assert knn_accuracy(train_f, train_y, test_f, test_y, k=3, temperature=0.07) == 1.0
+    assert knn_accuracy(train_f, train_y, test_f, test_y, k=3, weighting="majority") == 0.0
+
+
+def test_extract_features_reads_one_epoch_and_skips_padding():
+    stream = SyntheticClipStream(batch_size=4, num_clips=2, frames=2, size_pixels=16, num_videos=10, seed=1)
+    feats, labels, videos = extract_features(lambda x: x.mean(dim=(2, 3, 4))[:, None].repeat(1, 3), stream)
+    # 10 videos in 3 batches of 4: the last batch has 2 padding entries, then epoch 1 stops the pass
+    assert feats.shape == (10, 3) and sorted(videos.tolist()) == list(range(10))
+    torch.testing.assert_close(labels, videos % 4)

@@ -1,0 +1,5 @@
+"""``python -m trainer``: see :func:`trainer.train.main`."""
+
+from trainer.train import main
+
+raise SystemExit(main())

@@ -1,0 +1,244 @@
+"""Flat, typed trainer config: defaults → objective preset (paper) → profile → ``--key value`` flags.
+
+Every field is a plain value with a unit or meaning noted; the resolved config is logged and saved
+in each checkpoint. Unknown keys and values of the wrong type are rejected with a clear message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad flag, key or value (the CLI prints it and exits with status 2)."""
+
+
+@dataclass
+class TrainConfig:
+    # --- what to train
+    objective: str = "moco"  # moco | byol | simclr | swav
+    backbone: str = "tiny"  # tiny | r3d_18 | r2plus1d_18 | mvit_v2_s | slow_r50
+    profile: str = "paper"  # paper (the paper's hyperparameters) | cpu (scaled down for CPU demos)
+    # --- data
+    server: str = ""  # clipserve URL (ClipStream), or 'synthetic' for the built-in synthetic stream
+    synthetic_batch_size: int = 8  # videos per batch per rank (synthetic stream only)
+    synthetic_num_clips: int = 2  # ρ (synthetic stream only)
+    synthetic_frames: int = 8  # T (synthetic stream only)
+    synthetic_size_pixels: int = 64  # H = W (synthetic stream only)
+    synthetic_num_videos: int = 64  # videos per epoch (synthetic stream only)
+    # --- length
+    max_steps: int = 1000  # optimizer steps; LR and momentum schedules span exactly this many
+    # --- optimizer (paper-spec §3)
+    optimizer: str = "sgd"  # sgd | lars
+    base_lr: float = 0.4  # learning rate for reference_batch_size videos per global batch
+    reference_batch_size: int = 512  # lr = base_lr * global_batch / reference (0: no scaling)
+    weight_decay: float = 1e-4  # not applied to biases and norm layers
+    sgd_momentum: float = 0.9
+    nesterov: bool = True
+    lars_trust_coefficient: float = 0.001  # LARS trust (not on biases / norm layers)
+    warmup_fraction: float = 0.175  # 35 of 200 epochs of linear warm-up
+    warmup_start_lr: float = 0.001  # scaled like base_lr
+    final_lr: float = 0.0  # end of the half-cosine
+    # --- heads and losses
+    temperature: float = 0.1  # α for MoCo / SimCLR / SwAV
+    output_dim: int = 128  # embedding dimension (BYOL: 256)
+    mlp_hidden_dim: int = 2048  # hidden width of projection / prediction MLPs (BYOL: 4096)
+    mlp_num_layers: int = 3  # MoCo / SimCLR / SwAV projection depth
+    mlp_batch_norm: bool = False  # SimCLR MLP BN (paper: on; PySlowFast config: off)
+    loss_reduction: str = "mean"  # over the ρ queries: mean (paper) | sum (PySlowFast)
+    momentum_start: float = 0.994  # momentum encoder, half-cosine to momentum_end (MoCo 0.994, BYOL 0.996)
+    momentum_end: float = 1.0
+    moco_queue_size: int = 65536  # negatives per rank
+    moco_positives: str = "eq1"  # eq1 (paper: all positives in one numerator) | per_positive (PySlowFast)
+    moco_shuffle_bn: bool = True  # shuffle keys across ranks for the momentum encoder's BN
+    simclr_pairs: str = "all"  # all ρ(ρ−1) ordered pairs (paper) | consecutive (PySlowFast SEQUENTIAL)
+    swav_num_prototypes: int = 1000
+    swav_epsilon: float = 0.05  # Sinkhorn regularisation
+    swav_sinkhorn_iterations: int = 3
+    swav_num_assign_clips: int = 0  # clips that get codes: 0 = all ρ (paper); 2 = PySlowFast
+    swav_queue_size: int = 0  # queued embeddings per assigned clip and rank (0: no queue)
+    swav_queue_start_step: int = 0  # queue used from this step (once full)
+    swav_freeze_prototypes_steps: int = 0  # prototype gradients dropped before this step
+    sync_batchnorm: bool = False  # SyncBN across ranks (BYOL / SimCLR / SwAV in the paper)
+    # --- system
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0  # model init and any trainer-side randomness (offset by rank)
+    deterministic: bool = False  # torch.use_deterministic_algorithms(True)
+    mixed_precision: str = "none"  # none | bf16 | fp16 (CUDA autocast)
+    # --- output
+    checkpoint_dir: str = "trainer-out"  # checkpoints + metrics.jsonl (+ TensorBoard if installed)
+    resume: bool = False  # continue from checkpoint_dir/last.pt
+    checkpoint_every_steps: int = 500  # also saved at the end and on Ctrl-C
+    log_every_steps: int = 10  # JSON-lines metrics cadence
+    progress: bool = True  # tqdm bar on rank 0
+
+    def validate(self) -> TrainConfig:
+        """Raise :class:`ConfigError` for any out-of-range value; returns ``self``."""
+        choices = {
+            "objective": ("moco", "byol", "simclr", "swav"),
+            "backbone": ("tiny", "r3d_18", "r2plus1d_18", "mvit_v2_s", "slow_r50"),
+            "profile": ("paper", "cpu"),
+            "optimizer": ("sgd", "lars"),
+            "loss_reduction": ("mean", "sum"),
+            "moco_positives": ("eq1", "per_positive"),
+            "simclr_pairs": ("all", "consecutive"),
+            "device": ("auto", "cpu", "cuda"),
+            "mixed_precision": ("none", "bf16", "fp16"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
+        positive = ("max_steps", "output_dim", "mlp_hidden_dim", "mlp_num_layers", "moco_queue_size", "swav_num_prototypes",
+                    "swav_sinkhorn_iterations", "checkpoint_every_steps", "log_every_steps", "synthetic_batch_size",
+                    "synthetic_frames", "synthetic_size_pixels", "synthetic_num_videos")
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"--{key.replace('_', '-')} must be > 0; got {getattr(self, key)}")
+        if self.synthetic_num_clips < 2:
+            raise ConfigError(f"--synthetic-num-clips must be >= 2; got {self.synthetic_num_clips}")
+        for key in ("temperature", "swav_epsilon", "base_lr"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"--{key.replace('_', '-')} must be > 0; got {getattr(self, key)}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ConfigError(f"--warmup-fraction must be in [0, 1); got {self.warmup_fraction}")
+        if not (0.0 <= self.momentum_start <= 1.0 and 0.0 <= self.momentum_end <= 1.0):
+            raise ConfigError(f"momentum_start/end must be in [0, 1]; got {self.momentum_start}, {self.momentum_end}")
+        for key in ("reference_batch_size", "swav_num_assign_clips", "swav_queue_size", "swav_queue_start_step",
+                    "swav_freeze_prototypes_steps", "weight_decay", "warmup_start_lr", "final_lr"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"--{key.replace('_', '-')} must be >= 0; got {getattr(self, key)}")
+        return self
+
+
+# The paper's hyperparameters per objective (paper-spec §3; lr for a 512-video batch).
+PRESETS: dict[str, dict[str, Any]] = {
+    "moco": dict(optimizer="sgd", base_lr=0.4, weight_decay=1e-4, temperature=0.1, output_dim=128, mlp_hidden_dim=2048,
+                 mlp_num_layers=3, momentum_start=0.994, sync_batchnorm=False),
+    "byol": dict(optimizer="lars", base_lr=4.8, weight_decay=1e-6, output_dim=256, mlp_hidden_dim=4096,
+                 momentum_start=0.996, sync_batchnorm=True),
+    "simclr": dict(optimizer="lars", base_lr=4.8, weight_decay=1e-6, temperature=0.1, output_dim=128, mlp_hidden_dim=2048,
+                   mlp_num_layers=3, mlp_batch_norm=True, sync_batchnorm=True),
+    "swav": dict(optimizer="lars", base_lr=4.8, weight_decay=1e-6, temperature=0.1, output_dim=128, mlp_hidden_dim=2048,
+                 mlp_num_layers=3, swav_num_prototypes=1000, swav_epsilon=0.05, swav_sinkhorn_iterations=3,
+                 sync_batchnorm=True),
+}
+
+# CPU demos: small heads and queue, no linear lr scaling; lr = PySlowFast's per-machine BASE_LR
+# (the value before its ×NUM_SHARDS scaling: 0.05 MoCo, 0.6 BYOL / SimCLR / SwAV).
+CPU_PROFILE: dict[str, dict[str, Any]] = {
+    "moco": dict(base_lr=0.05, reference_batch_size=0, warmup_start_lr=0.0, warmup_fraction=0.05, mlp_hidden_dim=256,
+                 moco_queue_size=4096),
+    "byol": dict(base_lr=0.6, reference_batch_size=0, warmup_start_lr=0.0, warmup_fraction=0.05, mlp_hidden_dim=512),
+    "simclr": dict(base_lr=0.6, reference_batch_size=0, warmup_start_lr=0.0, warmup_fraction=0.05, mlp_hidden_dim=256),
+    "swav": dict(base_lr=0.6, reference_batch_size=0, warmup_start_lr=0.0, warmup_fraction=0.05, mlp_hidden_dim=256,
+                 swav_num_prototypes=100),
+}
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _parse_value(key: str, raw: str) -> Any:
+    kind = type(getattr(TrainConfig(), key))
+    flag = f"--{key.replace('_', '-')}"
+    if kind is bool:
+        low = raw.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{flag} expects a boolean (true/false), got {raw!r}")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{flag} expects {kind.__name__}, got {raw!r}") from None
+
+
+def _check_key(key: str) -> str:
+    name = key.replace("-", "_")
+    if name not in _FIELDS:
+        close = difflib.get_close_matches(name, list(_FIELDS), n=1)
+        hint = f" (did you mean --{close[0].replace('_', '-')}?)" if close else ""
+        raise ConfigError(f"unknown option --{key}{hint}")
+    return name
+
+
+def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
+    """``--key value`` / ``--key=value`` pairs → typed dict. A boolean flag alone means true."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"expected --key value, got {arg!r}")
+        if "=" in arg:
+            key, raw = arg[2:].split("=", 1)
+            i += 1
+        else:
+            key = arg[2:]
+            name = _check_key(key)
+            if isinstance(getattr(TrainConfig(), name), bool) and (i + 1 >= len(argv) or argv[i + 1].startswith("--")):
+                out[name] = True
+                i += 1
+                continue
+            if i + 1 >= len(argv):
+                raise ConfigError(f"--{key} needs a value")
+            raw = argv[i + 1]
+            i += 2
+        name = _check_key(key)
+        out[name] = _parse_value(name, raw)
+    return out
+
+
+def make_config(objective: str = "moco", profile: str = "paper", **overrides: Any) -> TrainConfig:
+    """Defaults, then the objective's paper preset, then the profile, then ``overrides`` (validated)."""
+    unknown = set(overrides) - set(_FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+    if objective not in PRESETS:
+        raise ConfigError(f"--objective must be one of {', '.join(PRESETS)}; got {objective!r}")
+    if profile not in ("paper", "cpu"):
+        raise ConfigError(f"--profile must be paper or cpu; got {profile!r}")
+    values: dict[str, Any] = dict(objective=objective, profile=profile)
+    values.update(PRESETS[objective])
+    if profile == "cpu":
+        values.update(CPU_PROFILE[objective])
+    values.update(overrides)
+    for key, value in values.items():
+        expected = type(_FIELDS[key].default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            values[key] = float(value)
+        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"--{key.replace('_', '-')} expects {expected.__name__}, got {value!r}")
+    return TrainConfig(**values).validate()
+
+
+def parse_args(argv: Sequence[str]) -> TrainConfig:
+    """Command-line flags → validated config (see :func:`make_config` for the precedence)."""
+    overrides = parse_overrides(argv)
+    objective = overrides.pop("objective", "moco")
+    profile = overrides.pop("profile", "paper")
+    return make_config(objective, profile, **overrides)
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Rebuild a saved config (checkpoint ``config`` entry); unknown keys are rejected."""
+    unknown = set(values) - set(_FIELDS)
+    if unknown:
+        raise ConfigError(f"checkpoint config has unknown keys: {', '.join(sorted(unknown))}")
+    return TrainConfig(**values).validate()
+
+
+def help_text() -> str:
+    """One line per option with its default (for ``--help``)."""
+    lines = ["usage: python -m trainer --objective {moco,byol,simclr,swav} --server URL [--key value ...]", "", "options:"]
+    for f in dataclasses.fields(TrainConfig):
+        lines.append(f"  --{f.name.replace('_', '-'):32s} default {f.default!r}")
+    return "\n".join(lines)
+
+
+__all__ = ["CPU_PROFILE", "ConfigError", "PRESETS", "TrainConfig", "config_from_dict", "help_text", "make_config",
+           "parse_args", "parse_overrides", "field"]

@@ -1,0 +1,108 @@
+"""Where batches come from: ``clipserve.client.ClipStream`` in production, a synthetic stream for
+tests and demos. Both yield objects with ``clips`` (B, ρ, C, T, H, W) uint8, ``video_index`` (B,),
+``label`` (B,), ``clip_start_seconds`` (B, ρ), ``is_padding`` (B,), ``epoch``, ``step`` and offer
+``state_dict()`` / ``load_state_dict()`` for an exact resume.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class SyntheticBatch:
+    """Same attributes as a clipserve batch. ``clips`` (B, ρ, C, T, H, W) uint8."""
+
+    clips: torch.Tensor
+    video_index: torch.Tensor  # (B,) int64
+    label: torch.Tensor  # (B,) int64
+    clip_start_seconds: torch.Tensor  # (B, ρ) float32
+    is_padding: torch.Tensor  # (B,) bool
+    epoch: int
+    step: int
+
+
+class SyntheticClipStream:
+    """A deterministic, learnable stand-in for the service: a pure function of (seed, epoch, step, rank).
+
+    Video v has label ``v % num_classes``; its clips show a bright square moving in the class's
+    direction (the sample dataset's idea: classes = motion patterns) over noise, with a per-clip
+    random position, so clips of one video share the class but differ in content.
+    ``limit_steps`` stops after that many batches from the start position (simulates a stopped run).
+    """
+
+    def __init__(
+        self, *, batch_size: int = 8, num_clips: int = 2, frames: int = 8, size_pixels: int = 64, num_videos: int = 64,
+        num_classes: int = 4, seed: int = 0, rank: int = 0, world_size: int = 1, start_epoch: int = 0,
+        start_step: int = 0, limit_steps: int | None = None,
+    ) -> None:
+        if batch_size < 1 or num_clips < 1 or frames < 1 or size_pixels < 8 or num_videos < 1 or num_classes < 1:
+            raise ValueError("synthetic stream sizes must be positive (size_pixels >= 8)")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+        self.batch_size, self.num_clips, self.frames, self.size = batch_size, num_clips, frames, size_pixels
+        self.num_videos, self.num_classes, self.seed = num_videos, num_classes, seed
+        self.rank, self.world_size = rank, world_size
+        self.steps_per_epoch = math.ceil(num_videos / (batch_size * world_size))
+        self.epoch, self.step = start_epoch, start_step
+        self.limit_steps = limit_steps
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position of the next batch."""
+        return {"epoch": self.epoch, "step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+
+    def __iter__(self) -> Iterator[SyntheticBatch]:
+        produced = 0
+        while self.limit_steps is None or produced < self.limit_steps:
+            batch = self._make(self.epoch, self.step)
+            self.step += 1
+            if self.step >= self.steps_per_epoch:
+                self.epoch, self.step = self.epoch + 1, 0
+            produced += 1
+            yield batch
+
+    def _make(self, epoch: int, step: int) -> SyntheticBatch:
+        g = torch.Generator().manual_seed(hash((self.seed, epoch, step, self.rank)) % (2**62))
+        order = torch.randperm(self.num_videos, generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
+        first = (step * self.world_size + self.rank) * self.batch_size
+        positions = torch.arange(first, first + self.batch_size)
+        is_padding = positions >= self.num_videos
+        video_index = order[positions % self.num_videos]
+        label = video_index % self.num_classes
+        b, rho, t, s = self.batch_size, self.num_clips, self.frames, self.size
+        clips = torch.randint(0, 60, (b, rho, 3, t, s, s), generator=g, dtype=torch.uint8)
+        square = max(s // 4, 2)
+        directions = [(1, 0), (-1, 0), (0, 1), (0, -1)]
+        start = torch.randint(0, s - square, (b, rho, 2), generator=g)
+        speed = max(s // (2 * t), 1)
+        for n in range(b):
+            dy, dx = directions[int(label[n]) % 4]
+            level = 120 + 40 * (int(label[n]) // 4 % 4)
+            for i in range(rho):
+                for f in range(t):
+                    y = int(start[n, i, 0] + dy * speed * f) % (s - square)
+                    x = int(start[n, i, 1] + dx * speed * f) % (s - square)
+                    clips[n, i, :, f, y : y + square, x : x + square] = level
+        starts = torch.rand(b, rho, generator=g, dtype=torch.float32) * 10.0
+        return SyntheticBatch(clips, video_index.long(), label.long(), starts, is_padding, epoch, step)
+
+
+def open_clip_stream(server: str, *, rank: int, world_size: int, start_epoch: int = 0, start_step: int = 0) -> Any:
+    """Attach to a clipserve service as consumer ``rank`` of ``world_size``.
+
+    This is the trainer's only import from clipserve:
+    ``clipserve.client.ClipStream(server, rank=rank, world_size=world_size, start_epoch=…, start_step=…)``.
+    """
+    if not server:
+        raise ValueError("no --server given: pass the clipserve URL (e.g. http://127.0.0.1:8000) or 'synthetic'")
+    from clipserve.client import ClipStream
+
+    return ClipStream(server, rank=rank, world_size=world_size, start_epoch=start_epoch, start_step=start_step)

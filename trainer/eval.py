@@ -1,0 +1,176 @@
+"""Frozen-feature evaluation: kNN (k=20, cosine, InstDisc temperature-weighted votes) and a linear probe.
+
+    python -m trainer.eval --checkpoint trainer-out/last.pt --server http://127.0.0.1:8001 \
+        [--val-server http://127.0.0.1:8002] [--k 20] [--knn-temperature 0.07]
+
+The service should run in evaluation mode (centre crops, no augmentation). One pass over an epoch is
+read from each server (until ``epoch`` changes), ``is_padding`` entries are skipped, and a video's
+feature is the mean of its ρ clips' backbone features. Without ``--val-server`` the one split is
+divided deterministically: videos with ``video_index % 5 == 0`` are the validation set (20%).
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from trainer.utils import normalize_clips
+
+
+def knn_accuracy(
+    train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor, test_labels: torch.Tensor,
+    *, k: int = 20, temperature: float = 0.07, weighting: str = "temperature", chunk_size: int = 1024,
+) -> float:
+    """Top-1 accuracy of a kNN classifier on cosine similarity (pure function).
+
+    ``weighting='temperature'`` (InstDisc, Wu et al. 2018): each of the k nearest training samples
+    votes for its class with weight ``exp(cos / temperature)``; ``'majority'``: one vote each.
+    Shapes: features (N, F) / (M, F), labels (N,) / (M,) int64. Returns a fraction in [0, 1].
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if weighting not in ("temperature", "majority"):
+        raise ValueError(f"weighting must be 'temperature' or 'majority', got {weighting!r}")
+    if train_features.shape[0] == 0 or test_features.shape[0] == 0:
+        raise ValueError("kNN needs at least one training and one test sample")
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    train_n = F.normalize(train_features.float(), dim=1)
+    k = min(k, train_n.shape[0])
+    correct = 0
+    for start in range(0, test_features.shape[0], chunk_size):
+        test_n = F.normalize(test_features[start : start + chunk_size].float(), dim=1)
+        sim, idx = (test_n @ train_n.T).topk(k, dim=1)  # (m, k)
+        weights = torch.exp(sim / temperature) if weighting == "temperature" else torch.ones_like(sim)
+        votes = torch.zeros(test_n.shape[0], num_classes).scatter_add_(1, train_labels[idx], weights)  # (m, classes)
+        correct += int((votes.argmax(dim=1) == test_labels[start : start + chunk_size]).sum())
+    return correct / test_features.shape[0]
+
+
+def linear_probe_accuracy(
+    train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor, test_labels: torch.Tensor,
+    *, steps: int = 300, lr: float = 0.05, weight_decay: float = 1e-4, seed: int = 0,
+) -> float:
+    """Top-1 accuracy of a linear classifier trained on frozen features (pure function).
+
+    Features are standardised with the training mean/std; full-batch Adam for ``steps`` steps on
+    cross-entropy, deterministic for a given ``seed``. Shapes as :func:`knn_accuracy`.
+    """
+    if train_features.shape[0] == 0 or test_features.shape[0] == 0:
+        raise ValueError("the linear probe needs at least one training and one test sample")
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    mean, std = train_features.float().mean(0), train_features.float().std(0, unbiased=False).clamp_min(1e-6)
+    xtr, xte = (train_features.float() - mean) / std, (test_features.float() - mean) / std
+    g = torch.Generator().manual_seed(seed)
+    layer = nn.Linear(xtr.shape[1], num_classes)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * 0.01)
+        layer.bias.zero_()
+    opt = torch.optim.Adam(layer.parameters(), lr=lr, weight_decay=weight_decay)
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad()
+            F.cross_entropy(layer(xtr), train_labels).backward()
+            opt.step()
+    with torch.no_grad():
+        return float((layer(xte).argmax(1) == test_labels).float().mean())
+
+
+@torch.no_grad()
+def extract_features(
+    features_fn: Any, batches: Iterable, device: torch.device | str = "cpu", max_batches: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One epoch of ``batches`` → per-video features (N, F), labels (N,), video indices (N,).
+
+    Reads until ``epoch`` changes (or the iterable ends / ``max_batches``), skips ``is_padding``
+    entries and repeated videos, and averages the backbone features over each video's ρ clips.
+    ``features_fn`` maps normalised clips (N, C, T, H, W) → (N, F).
+    """
+    feats, labels, videos, seen = [], [], [], set()
+    first_epoch = None
+    for i, batch in enumerate(batches):
+        if first_epoch is None:
+            first_epoch = batch.epoch
+        if batch.epoch != first_epoch or (max_batches is not None and i >= max_batches):
+            break
+        keep = [n for n in range(batch.clips.shape[0])
+                if not bool(batch.is_padding[n]) and int(batch.video_index[n]) not in seen]
+        if not keep:
+            continue
+        x = normalize_clips(batch.clips[keep], device)  # (b, ρ, C, T, H, W)
+        b, rho = x.shape[:2]
+        f = features_fn(x.flatten(0, 1)).reshape(b, rho, -1).mean(dim=1)  # (b, F)
+        feats.append(f.float().cpu())
+        labels.append(torch.as_tensor(batch.label)[keep].long())
+        videos.append(torch.as_tensor(batch.video_index)[keep].long())
+        seen.update(int(v) for v in videos[-1])
+    if not feats:
+        raise ValueError("the evaluation stream produced no (non-padding) videos")
+    return torch.cat(feats), torch.cat(labels), torch.cat(videos)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.eval", description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="trainer checkpoint (file or directory with last.pt)")
+    parser.add_argument("--server", required=True, help="clipserve URL (eval mode) for the training/memory split, or 'synthetic'")
+    parser.add_argument("--val-server", default=None, help="clipserve URL for the validation split (default: split --server 80/20)")
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--knn-temperature", type=float, default=0.07)
+    parser.add_argument("--knn-weighting", choices=("temperature", "majority"), default="temperature")
+    parser.add_argument("--probe-steps", type=int, default=300)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--max-batches", type=int, default=None, help="stop after this many batches per split")
+    args = parser.parse_args(argv)
+
+    from trainer.checkpoint import load_checkpoint
+    from trainer.config import ConfigError, config_from_dict
+    from trainer.objectives import build_objective
+    from trainer.train import make_source
+
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        config = config_from_dict(ckpt["config"])
+        device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+        model = build_objective(config, num_clips=int(ckpt.get("num_clips", 2)))
+        model.load_state_dict(ckpt["model"])
+        model.to(device).eval()
+
+        def split(server: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            source = make_source(dataclasses.replace(config, server=server), rank=0, world_size=1)
+            try:
+                return extract_features(model.features, source, device, args.max_batches)
+            finally:
+                if hasattr(source, "close"):
+                    source.close()
+
+        f_tr, y_tr, v_tr = split(args.server)
+        if args.val_server:
+            f_te, y_te, _ = split(args.val_server)
+        else:
+            is_val = v_tr % 5 == 0
+            f_tr, y_tr, f_te, y_te = f_tr[~is_val], y_tr[~is_val], f_tr[is_val], y_tr[is_val]
+        result = {
+            "knn_top1": knn_accuracy(f_tr, y_tr, f_te, y_te, k=args.k, temperature=args.knn_temperature,
+                                     weighting=args.knn_weighting),
+            "linear_probe_top1": linear_probe_accuracy(f_tr, y_tr, f_te, y_te, steps=args.probe_steps),
+            "k": args.k, "knn_weighting": args.knn_weighting, "knn_temperature": args.knn_temperature,
+            "num_train_videos": int(f_tr.shape[0]), "num_val_videos": int(f_te.shape[0]),
+            "checkpoint_step": int(ckpt["step"]), "objective": config.objective, "backbone": config.backbone,
+        }
+    except (ConfigError, FileNotFoundError, ConnectionError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

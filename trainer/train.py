@@ -1,0 +1,285 @@
+"""The training loop, top to bottom (nanoGPT style): config → stream → model → loop → checkpoints.
+
+    python -m trainer --objective moco --server http://127.0.0.1:8000 --max-steps 1000
+    torchrun --nproc-per-node 2 -m trainer --objective simclr --server http://127.0.0.1:8000
+
+Each rank attaches to the service as consumer ``rank`` of ``world_size``; rank 0 alone logs and
+saves. ``train(config, batches)`` runs the same loop on any iterable of batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from trainer import dist as tdist
+from trainer.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from trainer.config import ConfigError, TrainConfig, help_text, parse_args
+from trainer.data import SyntheticClipStream, open_clip_stream
+from trainer.objectives import build_objective
+from trainer.optim import build_optimizer
+from trainer.utils import normalize_clips, warmup_cosine_lr
+
+
+@dataclass
+class TrainResult:
+    """What a run did: ``losses[i]`` is the rank-averaged loss of step ``first_step + i``."""
+
+    first_step: int
+    final_step: int
+    losses: list[float] = field(default_factory=list)
+    checkpoint_path: Path | None = None
+
+
+def log(message: str) -> None:
+    """A line on stderr from rank 0 (keeps the tqdm bar intact)."""
+    if tdist.is_main_process():
+        from tqdm import tqdm
+
+        tqdm.write(f"[trainer] {message}", file=sys.stderr)
+
+
+def make_source(config: TrainConfig, rank: int, world_size: int) -> Any:
+    """The batch source: ClipStream on ``config.server``, or the synthetic stream for 'synthetic'."""
+    if config.server == "synthetic":
+        return SyntheticClipStream(
+            batch_size=config.synthetic_batch_size, num_clips=config.synthetic_num_clips,
+            frames=config.synthetic_frames, size_pixels=config.synthetic_size_pixels,
+            num_videos=config.synthetic_num_videos, seed=config.seed, rank=rank, world_size=world_size,
+        )
+    return open_clip_stream(config.server, rank=rank, world_size=world_size)
+
+
+def train(config: TrainConfig, batches: Iterable | None = None) -> TrainResult:
+    """Train ``config.objective`` on ``batches`` (default: :func:`make_source`) until
+    ``config.max_steps`` or the end of the iterable; checkpoint to ``config.checkpoint_dir``."""
+    # -------------------------------------------------------------- system and distributed
+    ctx = tdist.init_from_env(config.device)
+    device, is_main = ctx.device, ctx.rank == 0
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+    out_dir = Path(config.checkpoint_dir)
+    checkpoint = load_checkpoint(out_dir, map_location="cpu") if config.resume else None
+    if checkpoint is not None and checkpoint["config"]["objective"] != config.objective:
+        raise ConfigError(f"checkpoint in {out_dir} is for {checkpoint['config']['objective']!r}, not {config.objective!r}")
+    per_rank = None
+    if checkpoint is not None:
+        saved = checkpoint["per_rank"]
+        if len(saved) != ctx.world_size:
+            log(f"note: checkpoint has {len(saved)} ranks, resuming with {ctx.world_size}: rank 0's buffers/RNG for all")
+        per_rank = saved[ctx.rank] if ctx.rank < len(saved) else saved[0]
+
+    # -------------------------------------------------------------- data
+    source = batches if batches is not None else make_source(config, ctx.rank, ctx.world_size)
+    if per_rank is not None and per_rank["stream"] is not None:
+        if not hasattr(source, "load_state_dict"):
+            raise ConfigError("resuming needs a batch source with load_state_dict() (the saved stream position)")
+        source.load_state_dict(per_rank["stream"])
+    batch_iter = iter(source)
+    wait_start = time.perf_counter()
+    batch = next(batch_iter, None)
+    first_wait_seconds = time.perf_counter() - wait_start
+    if batch is None:
+        raise ConfigError("the batch source produced no batches")
+    num_clips = batch.clips.shape[1]  # ρ, fixed by the service
+
+    # -------------------------------------------------------------- model and optimizer
+    torch.manual_seed(config.seed)  # identical init on every rank
+    model = build_objective(config, num_clips=num_clips).to(device)
+    if config.sync_batchnorm and ctx.world_size > 1:
+        model = tdist.convert_sync_batchnorm(model, device)
+        if device.type != "cuda":
+            log("note: torch's SyncBatchNorm needs CUDA; using an all-reduce BatchNorm over gloo instead")
+    raw_model = model
+    optimizer = build_optimizer(
+        raw_model, name=config.optimizer, lr=0.0, weight_decay=config.weight_decay, momentum=config.sgd_momentum,
+        nesterov=config.nesterov, trust_coefficient=config.lars_trust_coefficient,
+    )
+    start_step = 0
+    if checkpoint is not None:
+        raw_model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start_step = int(checkpoint["step"])
+    if ctx.world_size > 1:
+        # broadcast_buffers=False: MoCo/SwAV queues and non-synced BN statistics are per rank.
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        broadcast_buffers=False)
+    if per_rank is not None:  # after DDP's initial broadcast of rank 0's state
+        with torch.no_grad():
+            buffers = dict(raw_model.named_buffers())
+            for name, value in per_rank["buffers"].items():
+                buffers[name].copy_(value)
+        set_rng_state(per_rank["rng"])
+    else:
+        torch.manual_seed(config.seed * 1000 + ctx.rank)  # per-rank randomness from here on
+    use_amp = config.mixed_precision != "none" and device.type == "cuda"
+    if config.mixed_precision != "none" and not use_amp:
+        log(f"note: mixed_precision={config.mixed_precision} needs CUDA; running in float32")
+    amp_dtype = torch.bfloat16 if config.mixed_precision == "bf16" else torch.float16
+    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if use_amp else contextlib.nullcontext
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    global_batch_size = batch.clips.shape[0] * ctx.world_size
+    lr_scale = global_batch_size / config.reference_batch_size if config.reference_batch_size > 0 else 1.0
+    warmup_steps = int(config.warmup_fraction * config.max_steps)
+
+    def get_lr(step: int) -> float:  # a function of the step only
+        return warmup_cosine_lr(step, config.max_steps, base_lr=config.base_lr * lr_scale, warmup_steps=warmup_steps,
+                                warmup_start_lr=config.warmup_start_lr * lr_scale, final_lr=config.final_lr * lr_scale)
+
+    last_position: dict[str, int] | None = checkpoint["per_rank"][0].get("last_batch") if checkpoint else None
+
+    def save(step: int) -> Path | None:
+        """All ranks contribute their buffers / RNG / stream position; rank 0 writes."""
+        mine = {
+            "buffers": {k: v.detach().cpu().clone() for k, v in raw_model.named_buffers()},
+            "rng": rng_state(),
+            "stream": source.state_dict() if hasattr(source, "state_dict") else None,
+            "last_batch": last_position,
+        }
+        gathered: list[Any] = [None] * ctx.world_size
+        if ctx.world_size > 1:
+            dist.all_gather_object(gathered, mine)
+        else:
+            gathered = [mine]
+        if not is_main:
+            return None
+        return save_checkpoint(out_dir, {
+            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+            "config": dataclasses.asdict(config), "world_size": ctx.world_size, "num_clips": num_clips,
+            "per_rank": gathered, "version": 1,
+        })
+
+    # -------------------------------------------------------------- logging
+    metrics_file = None
+    writer = None
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        metrics_file = open(out_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out_dir / "tensorboard"))
+        except ImportError:
+            writer = None
+        log(f"{config.objective} on {config.backbone}, {ctx.world_size} rank(s) on {device}, ρ={num_clips}, "
+            f"global batch {global_batch_size} videos, lr {config.base_lr * lr_scale:.4g}, steps {start_step}→{config.max_steps}")
+        log("config " + json.dumps(dataclasses.asdict(config), sort_keys=True))
+    from tqdm import tqdm
+
+    bar = tqdm(total=config.max_steps, initial=start_step, disable=not (is_main and config.progress),
+               dynamic_ncols=True, unit="step", file=sys.stderr)
+
+    # -------------------------------------------------------------- the loop
+    result = TrainResult(first_step=start_step, final_step=start_step)
+    step = start_step
+    window = {"wait": first_wait_seconds, "clips": 0, "start": time.perf_counter() - first_wait_seconds, "loss": 0.0, "n": 0}
+    model.train()
+    interrupted = False
+    try:
+        while step < config.max_steps:
+            if batch is None:
+                wait_start = time.perf_counter()
+                batch = next(batch_iter, None)
+                window["wait"] += time.perf_counter() - wait_start
+                if batch is None:
+                    log(f"the batch source ended at step {step}")
+                    break
+            x = normalize_clips(batch.clips, device)  # (B, ρ, C, T, H, W) float32, normalised
+            if x.shape[1] != num_clips:
+                raise ConfigError(f"ρ changed mid-stream: {x.shape[1]} clips per video, expected {num_clips}")
+            lr = get_lr(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            scalars = raw_model.on_step_start(step, config.max_steps)
+            with autocast():
+                loss = model(x)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower --base-lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            raw_model.on_after_backward(step)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            last_position = {"epoch": int(batch.epoch), "step": int(batch.step)}
+            window["clips"] += x.shape[0] * x.shape[1] * ctx.world_size
+            batch = None
+
+            loss_value = loss.detach().float()
+            tdist.all_reduce_sum_(loss_value)
+            loss_mean = loss_value.item() / ctx.world_size
+            result.losses.append(loss_mean)
+            window["loss"] += loss_mean
+            window["n"] += 1
+            if step % config.log_every_steps == 0 or step == config.max_steps:
+                elapsed = max(time.perf_counter() - window["start"], 1e-9)
+                record = {"step": step, "epoch": last_position["epoch"], "stream_step": last_position["step"],
+                          "loss": window["loss"] / window["n"], "lr": lr, **scalars,
+                          "clips_per_second": window["clips"] / elapsed, "data_wait_fraction": window["wait"] / elapsed,
+                          "time_unix_seconds": time.time()}
+                bar.set_postfix(loss=f"{record['loss']:.4f}", clips_s=f"{record['clips_per_second']:.1f}",
+                                wait=f"{100 * record['data_wait_fraction']:.0f}%", refresh=False)
+                if metrics_file is not None:
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+                if writer is not None:
+                    for key, value in record.items():
+                        if key not in ("step", "time_unix_seconds") and isinstance(value, (int, float)) and math.isfinite(value):
+                            writer.add_scalar(key, value, step)
+                window = {"wait": 0.0, "clips": 0, "start": time.perf_counter(), "loss": 0.0, "n": 0}
+            bar.update(1)
+            if step % config.checkpoint_every_steps == 0 and step < config.max_steps:
+                save(step)
+    except KeyboardInterrupt:
+        interrupted = True
+        log(f"interrupted at step {step}")
+    finally:
+        bar.close()
+    if not interrupted or ctx.world_size == 1:
+        result.checkpoint_path = save(step)
+        if result.checkpoint_path is not None:
+            log(f"saved {result.checkpoint_path} at step {step}")
+    if metrics_file is not None:
+        metrics_file.close()
+    if writer is not None:
+        writer.close()
+    if hasattr(source, "close") and batches is None:
+        source.close()
+    result.final_step = step
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: ``python -m trainer --objective … --server URL [--key value …]``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(help_text())
+        return 0
+    try:
+        config = parse_args(argv)
+        train(config)
+    except (ConfigError, FileNotFoundError, ConnectionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # clipserve's own errors (ClipserveError) are user-facing too
+        if any(cls.__name__ == "ClipserveError" for cls in type(exc).__mro__):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    finally:
+        if tdist.is_distributed():
+            dist.destroy_process_group()
+    return 0
