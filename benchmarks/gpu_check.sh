@@ -11,8 +11,9 @@
 # (benchmarks/gpu_bench.py: it generates its own K400-like H.264 videos with PyAV). Everything goes
 # to $OUT (the device tool's output folder; default /tmp/clipserve-gpu-out): env.txt,
 # dali_tests.txt, dali_tests.xml, gpu_bench.json, gpu_bench.txt, summary.txt.
-# Extra wheels the device needs beyond the default stage (cv2 for the PyAV executor, pytest):
-#   EXTRA_WHEELS="opencv-python-headless pytest pytest-timeout torchvision==0.26.*" bash ../shared/gpu/stage-wheels.sh
+# Extra wheels the device needs beyond the default stage (cv2 for the PyAV executor, pytest; the GPU
+# tests fall back from torchvision's reference to the OpenCV augmentation when torchvision is missing):
+#   EXTRA_WHEELS="opencv-python-headless pytest pytest-timeout" bash ../shared/gpu/stage-wheels.sh
 set -uo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 OUT=${OUT:-/tmp/clipserve-gpu-out}

@@ -7,6 +7,9 @@ Throughput = bytes of all slots delivered / wall time from the first put until t
 released the last batch (best of 3 rounds). The baseline is ``numpy.copyto`` of a clips-sized array
 into another preallocated array (best of 3), i.e. the copy the producer cannot avoid; a second
 baseline copies into ``num_slots`` destinations in turn (the same memory footprint as the ring).
+It also reports the producer's CPU time per ``put`` (copy + bookkeeping + notify, excluding waits)
+against the CPU time of one copy: on a loaded machine, where producer and consumer cannot run in
+parallel, wall-clock ratios say more about the load than about the ring.
 
     .venv/bin/python benchmarks/ring.py                    # B=8, ρ=2, 3×8×224×224 (≈19 MB/batch)
     .venv/bin/python benchmarks/ring.py --batches 100 --num-slots 4 --consumer-touch pages
@@ -65,25 +68,33 @@ class _Batch:
     step: int
 
 
-def memcpy_gb_per_s(size_bytes: int, repeats: int, num_destinations: int = 1, rounds: int = 3) -> float:
-    """Best of ``rounds``: GB/s of ``numpy.copyto`` of ``size_bytes`` into ``num_destinations`` buffers in turn."""
+def memcpy_gb_per_s(size_bytes: int, repeats: int, num_destinations: int = 1, rounds: int = 3) -> tuple[float, float]:
+    """Best of ``rounds`` of ``numpy.copyto`` of ``size_bytes`` into ``num_destinations`` buffers in turn.
+
+    Returns (wall-clock GB/s, CPU seconds per copy).
+    """
     source = np.random.default_rng(0).integers(0, 256, size_bytes, dtype=np.uint8)
     destinations = [np.empty_like(source) for _ in range(num_destinations)]
     for destination in destinations:
         np.copyto(destination, source)  # fault in pages
-    best = float("inf")
+    best, best_cpu = float("inf"), float("inf")
     for _ in range(rounds):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.thread_time()
         for index in range(repeats):
             np.copyto(destinations[index % num_destinations], source)
         best = min(best, time.perf_counter() - started)
-    return size_bytes * repeats / best / 1e9
+        best_cpu = min(best_cpu, time.thread_time() - started_cpu)
+    return size_bytes * repeats / best / 1e9, best_cpu / repeats
 
 
 def ring_gb_per_s(
     layout: BatchLayout, num_slots: int, batches: int, touch: str, rounds: int = 3
-) -> tuple[float, float]:
-    """Best of ``rounds``: (delivered GB/s, seconds) for ``batches`` batches through ``num_slots`` slots."""
+) -> tuple[float, float, float]:
+    """Best of ``rounds`` for ``batches`` batches through ``num_slots`` slots.
+
+    Returns (delivered GB/s, wall seconds, producer CPU seconds per put). The CPU time excludes
+    waiting for a free slot, so it is the ring's cost to the producer even on a loaded machine.
+    """
     rng = np.random.default_rng(1)
     b, rho = layout.batch_size, layout.num_clips
     sources = [
@@ -109,20 +120,23 @@ def ring_gb_per_s(
         try:
             if not channel.wait_connected(60):
                 raise RuntimeError("benchmark consumer did not connect within 60 s")
-            elapsed = float("inf")
+            elapsed, put_cpu = float("inf"), float("inf")
             for _ in range(rounds):
-                started = time.time()
+                started, cpu = time.time(), 0.0
                 for step in range(batches):
                     batch = sources[step % 2]
                     batch.step = step
+                    started_cpu = time.thread_time()
                     if not channel.put(batch, timeout_seconds=60):
                         raise RuntimeError("benchmark consumer disconnected")
+                    cpu += time.thread_time() - started_cpu
                 report = json.loads(consumer.stdout.readline())
                 elapsed = min(elapsed, report["wall_clock"] - started)
+                put_cpu = min(put_cpu, cpu / batches)
         finally:
             consumer.wait(timeout=60)
             consumer.stdout.close()
-    return layout.slot_size_bytes * batches / elapsed / 1e9, elapsed
+    return layout.slot_size_bytes * batches / elapsed / 1e9, elapsed, put_cpu
 
 
 def main() -> int:
@@ -143,9 +157,11 @@ def main() -> int:
         width_pixels=args.crop_size,
     )
     clips_bytes = layout.field("clips").size_bytes
-    memcpy = memcpy_gb_per_s(clips_bytes, repeats=args.batches)
-    memcpy_rotating = memcpy_gb_per_s(clips_bytes, repeats=args.batches, num_destinations=args.num_slots)
-    ring, seconds = ring_gb_per_s(layout, args.num_slots, args.batches, args.consumer_touch)
+    memcpy, memcpy_cpu = memcpy_gb_per_s(clips_bytes, repeats=args.batches)
+    memcpy_rotating, memcpy_rotating_cpu = memcpy_gb_per_s(
+        clips_bytes, repeats=args.batches, num_destinations=args.num_slots
+    )
+    ring, seconds, put_cpu = ring_gb_per_s(layout, args.num_slots, args.batches, args.consumer_touch)
     result = {
         "benchmark": "ring",
         "clips_shape": list(layout.clips_shape),
@@ -159,6 +175,11 @@ def main() -> int:
         "memcpy_rotating_gb_per_s": round(memcpy_rotating, 3),
         "ring_vs_memcpy": round(ring / memcpy, 3),
         "ring_vs_memcpy_rotating": round(ring / memcpy_rotating, 3),
+        "put_cpu_ms": round(put_cpu * 1e3, 3),
+        "memcpy_cpu_ms": round(memcpy_cpu * 1e3, 3),
+        "memcpy_rotating_cpu_ms": round(memcpy_rotating_cpu * 1e3, 3),
+        "put_cpu_vs_memcpy_rotating_cpu": round(put_cpu / memcpy_rotating_cpu, 3),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
     }
@@ -167,8 +188,10 @@ def main() -> int:
     print(
         f"ring: {ring:.2f} GB/s vs memcpy {memcpy:.2f} GB/s = {100 * ring / memcpy:.0f}% "
         f"({verdict} the 80% target; vs memcpy into {args.num_slots} rotating buffers {memcpy_rotating:.2f} GB/s = "
-        f"{100 * ring / memcpy_rotating:.0f}%; {args.batches} batches of {layout.slot_size_bytes / 1e6:.1f} MB, "
-        f"{args.num_slots} slots, consumer touch {args.consumer_touch})"
+        f"{100 * ring / memcpy_rotating:.0f}%; producer CPU per put {put_cpu * 1e3:.2f} ms vs memcpy "
+        f"{memcpy_rotating_cpu * 1e3:.2f} ms; {args.batches} batches of {layout.slot_size_bytes / 1e6:.1f} MB, "
+        f"{args.num_slots} slots, consumer touch {args.consumer_touch}, load {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} CPUs)"
     )
     return 0
 

@@ -36,6 +36,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Literal
 
+import av
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
@@ -642,10 +643,13 @@ def _encode_into(root: str, video: SampleVideo) -> int:
     interrupted build never leaves a truncated file at a final path."""
     final = Path(root) / video.relative_path
     partial = Path(root) / _PARTIAL_DIR / f"{video.youtube_id}{final.suffix}"
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    size = encode_sample_video(video, partial)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(partial, final)
+    try:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        size = encode_sample_video(video, partial)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partial, final)
+    except (OSError, av.error.FFmpegError) as exc:  # disk full, read-only folder, encoder failure
+        raise DatasetError(f"cannot write {final}: {exc}") from None
     return size
 
 
@@ -765,7 +769,7 @@ def build_sample(
         progress (bool): show a tqdm bar (stderr) while encoding.
     """
     spec = spec or make_sample_spec()
-    root = Path(root)
+    root = Path(root).expanduser()
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ConfigError(f"workers ({workers}) must be >= 1")
@@ -788,18 +792,24 @@ def build_sample(
         return SampleBuildResult(root=str(root), num_videos=len(spec.videos), num_encoded=0, already_complete=True,
                                  total_video_seconds=spec.total_seconds, total_bytes=_total_bytes(root, spec),
                                  elapsed_seconds=time.perf_counter() - started, workers=0)
-    root.mkdir(parents=True, exist_ok=True)
     request = {k: v for k, v in spec.model_dump().items() if k != "videos"}
-    (root / MANIFEST_NAME).write_text(json.dumps(
-        {"fingerprint": fingerprint, "request": request,
-         "relative_paths": [v.relative_path for v in spec.videos]}, indent=1))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / MANIFEST_NAME).write_text(json.dumps(
+            {"fingerprint": fingerprint, "request": request,
+             "relative_paths": [v.relative_path for v in spec.videos]}, indent=1))
+    except OSError as exc:
+        raise DatasetError(f"cannot write to {root}: {exc}") from None
 
     # longest first, so the pool does not end with one big video on one core
     todo.sort(key=lambda v: v.num_frames * v.width_pixels * v.height_pixels, reverse=True)
     used = min(workers, max(1, len(todo)))
     _encode_all(root, todo, used, progress)
     shutil.rmtree(root / _PARTIAL_DIR, ignore_errors=True)
-    _write_annotations(root, spec)
+    try:
+        _write_annotations(root, spec)
+    except OSError as exc:
+        raise DatasetError(f"cannot write the annotations under {root}: {exc}") from None
     return SampleBuildResult(root=str(root), num_videos=len(spec.videos), num_encoded=len(todo),
                              already_complete=False, total_video_seconds=spec.total_seconds,
                              total_bytes=_total_bytes(root, spec), elapsed_seconds=time.perf_counter() - started,
@@ -822,17 +832,17 @@ def _encode_all(root: Path, todo: list[SampleVideo], workers: int, progress: boo
                 bar.update(1)
             return
         # 'spawn': safe even when the caller (the demo, later the service) already runs threads
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        try:
             pending = {pool.submit(_encode_into, str(root), v) for v in todo}
-            try:
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        future.result()  # re-raise an encoder failure here
-                        bar.update(1)
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                raise
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()  # re-raises a worker's DatasetError here
+                    bar.update(1)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C or a failure: stop queued work now
+            raise
+        pool.shutdown()
     finally:
         bar.close()

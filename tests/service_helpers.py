@@ -49,6 +49,7 @@ SERVICE_SETTINGS: dict[str, Any] = {
     "workers": 1,
     "prefetch_batches": 2,
     "seed": 7,
+    "backend": "pyav",
 }
 _FLAG = {
     "num_clips": "--num-clips",
@@ -59,6 +60,7 @@ _FLAG = {
     "workers": "--workers",
     "prefetch_batches": "--prefetch-batches",
     "seed": "--seed",
+    "backend": "--backend",
 }
 
 
@@ -134,6 +136,7 @@ class StopResult:
     """Exit status after SIGTERM (None: it had to be killed)."""
     leftover_processes: bool
     """Whether anything of its process group (decode workers) was still alive after it exited."""
+    leftover_commands: list[str]
 
 
 def stop_service(process: subprocess.Popen[bytes], timeout_seconds: float = 30.0) -> StopResult:
@@ -146,16 +149,42 @@ def stop_service(process: subprocess.Popen[bytes], timeout_seconds: float = 30.0
             pass
     status = process.poll()
     leftovers = False
-    try:
-        os.killpg(process.pid, 0)
-        leftovers = True
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    commands: list[str] = []
+    deadline = time.monotonic() + 5.0  # a multiprocessing forkserver exits just after its parent
+    while True:
+        try:
+            os.killpg(process.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            break
+        if time.monotonic() > deadline:
+            leftovers = True
+            commands = _group_commands(process.pid)
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            break
+        time.sleep(0.1)
     if process.poll() is None:
         process.kill()
         process.wait(10)
-    return StopResult(status, leftovers)
+    return StopResult(status, leftovers, commands)
+
+
+def _group_commands(pgid: int) -> list[str]:
+    """Command lines of the live processes in process group ``pgid`` (Linux /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.append(Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
 
 
 @contextmanager

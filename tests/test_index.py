@@ -371,3 +371,5 @@ def test_cli_text_summary_and_errors(k400_root: Path, tmp_path: Path, capsys: py
     assert "h264 ×2, vp9 ×1" in out and "train/abseiling/ddd_000001_000011.mp4" in out
     assert main(["index", "--root", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["index", "--root", str(k400_root), "--workers", "-1"]) == 2
+    assert "workers (-1) must be >= 0" in capsys.readouterr().err

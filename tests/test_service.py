@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -20,6 +21,7 @@ from PIL import Image
 from clipserve.api.render import sheet_geometry
 from clipserve.datasets.index import build_index
 from clipserve.executors.pool import BatchProducer
+from clipserve.executors.pyav import execute_plan
 from clipserve.plan import plan
 from clipserve.settings import load_service_config
 from tests.service_helpers import (
@@ -54,17 +56,24 @@ def index(dataset: Path):  # noqa: ANN201
     return build_index(dataset, dataset="k400", split="train", workers=0, progress=False)
 
 
+class InProcessExecutor:
+    """The PyAV executor run in this process (``execute_plan`` per video): the reference."""
+
+    def execute_batch(self, paths: list[Path], plans: list[Any]) -> tuple[np.ndarray, dict[int, str]]:
+        return np.stack([execute_plan(path, clip_plan) for path, clip_plan in zip(paths, plans)]), {}
+
+
 @pytest.fixture(scope="module")
 def expected(config, index):  # noqa: ANN001, ANN201
-    """``expected(rank, world_size, n)``: the first n batches an in-process producer gives."""
+    """``expected(rank, world_size, n)``: the first n batches of an in-process producer."""
     cache: dict[tuple[int, int, int], list[dict[str, Any]]] = {}
 
     def batches(rank: int, world_size: int, n: int) -> list[dict[str, Any]]:
         key = (rank, world_size, n)
         if key not in cache:
             with BatchProducer(index, sampling=config.sampling(), augment=config.augment(),
-                               batch_size=config.batch_size, seed=config.seed, workers=1,
-                               prefetch_batches=1, rank=rank, world_size=world_size) as producer:
+                               batch_size=config.batch_size, seed=config.seed, workers=1, prefetch_batches=1,
+                               rank=rank, world_size=world_size, executor=InProcessExecutor()) as producer:
                 out = []
                 for batch in producer.batches(0, 0):
                     out.append(batch_record(batch.clips, batch.video_index, batch.is_padding,
@@ -85,15 +94,59 @@ def service(dataset: Path, index, tmp_path_factory: pytest.TempPathFactory):  # 
         yield running
     finally:
         stopped = stop_service(running.process)
-    assert stopped.status == 0 and not stopped.leftover_processes, running.log()[-3000:]
+    assert stopped.status == 0, running.log()[-3000:]
+    assert not stopped.leftover_processes, stopped.leftover_commands
     assert not shm_entries(running.process.pid), "segments left after SIGTERM"
+
+
+class Runs:
+    """Consumer processes started together (their Python/torch start-up overlaps), finished lazily."""
+
+    def __init__(self, url: str, folder: Path) -> None:
+        self.url = url
+        self.folder = folder
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.results: dict[str, list[dict[str, Any]]] = {}
+
+    def start(self, name: str, **kwargs: Any) -> None:
+        self.processes[name] = start_consumer(self.url, self.out(name), **kwargs)
+
+    def out(self, name: str) -> Path:
+        return self.folder / f"{name}.jsonl"
+
+    def finish(self, name: str) -> list[dict[str, Any]]:
+        if name not in self.results:
+            self.results[name] = _finish(self.processes[name], self.out(name))
+        return self.results[name]
+
+    def kill_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+#: Batches per epoch of each of 2 ranks: ceil(ceil(6 / 2) / B=2) = 2.
+STEPS_PER_EPOCH_OF_2_RANKS = 2
+
+
+@pytest.fixture(scope="module")
+def runs(service, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
+    runs = Runs(service.url, tmp_path_factory.mktemp("consumers"))
+    runs.start("shm", batches=4)  # crosses into epoch 1 (3 steps per epoch)
+    runs.start("http", batches=4, transport="http")
+    for rank in (0, 1):
+        runs.start(f"rank{rank}", batches=STEPS_PER_EPOCH_OF_2_RANKS, rank=rank, world_size=2)
+    runs.start("held", batches=100, hold_after=1)
+    yield runs
+    runs.kill_all()
 
 
 def _compared(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: r[k] for k in _COMPARED} for r in records]
 
 
-def _finish(process: subprocess.Popen[bytes], out: Path, timeout_seconds: float = 60.0) -> list[dict[str, Any]]:
+def _finish(process: subprocess.Popen[bytes], out: Path, timeout_seconds: float = 120.0) -> list[dict[str, Any]]:
     try:
         status = process.wait(timeout_seconds)
     except subprocess.TimeoutExpired:
@@ -104,68 +157,61 @@ def _finish(process: subprocess.Popen[bytes], out: Path, timeout_seconds: float 
     return read_records(out)
 
 
-def test_consumers_get_exactly_the_in_process_batches(service, expected, tmp_path: Path) -> None:  # noqa: ANN001
-    shm = start_consumer(service.url, tmp_path / "shm.jsonl", batches=4)  # crosses into epoch 1
-    http = start_consumer(service.url, tmp_path / "http.jsonl", batches=4, transport="http")
+@pytest.mark.parametrize("transport", ["shm", "http"])
+def test_consumers_get_exactly_the_in_process_batches(runs, expected, transport) -> None:  # noqa: ANN001
     want = expected(0, 1, 4)
     assert [(r["epoch"], r["step"]) for r in want] == [(0, 0), (0, 1), (0, 2), (1, 0)]
-    assert _compared(_finish(shm, tmp_path / "shm.jsonl")) == want
-    assert _compared(_finish(http, tmp_path / "http.jsonl")) == want
+    assert _compared(runs.finish(transport)) == want
 
 
-def test_two_ranks_get_disjoint_halves_whose_union_is_the_epoch(service, expected, tmp_path: Path) -> None:  # noqa: ANN001
-    info = service.get("/v1/info").json()
-    num_videos = info["num_videos"]
-    steps = -(-((num_videos + 1) // 2) // SERVICE_SETTINGS["batch_size"])
-    processes = [start_consumer(service.url, tmp_path / f"rank{r}.jsonl", batches=steps, rank=r, world_size=2)
-                 for r in (0, 1)]
+def test_two_ranks_get_disjoint_halves_whose_union_is_the_epoch(runs, expected, index) -> None:  # noqa: ANN001
     seen = []
-    for rank, process in enumerate(processes):
-        records = _finish(process, tmp_path / f"rank{rank}.jsonl")
-        assert _compared(records) == expected(rank, 2, steps)
+    for rank in (0, 1):
+        records = runs.finish(f"rank{rank}")
+        assert _compared(records) == expected(rank, 2, STEPS_PER_EPOCH_OF_2_RANKS)
         assert all(r["epoch"] == 0 for r in records)
         seen.append({v for r in records for v, pad in zip(r["video_index"], r["is_padding"]) if not pad})
     assert seen[0].isdisjoint(seen[1])
-    assert seen[0] | seen[1] == set(range(num_videos))
+    assert seen[0] | seen[1] == set(range(len(index.records)))
 
 
-def test_kill_9_of_a_consumer_holding_a_slot_frees_it(service, tmp_path: Path) -> None:  # noqa: ANN001
-    out = tmp_path / "held.jsonl"
-    process = start_consumer(service.url, out, batches=100, hold_after=1)
-    try:
-        wait_for(lambda: "holding" in out.with_suffix(".log").read_text(), 60, "the consumer to hold a batch")
-        stats = service.get("/v1/stats").json()
-        (mine,) = [c for c in stats["consumers"] if c["consumer_id"] == read_records(out)[0]["consumer_id"]]
-        assert mine["ring_slots_taken"] >= 1  # the held batch (plus prefetched ones)
-        segments = [name for name in shm_entries(service.process.pid) if name.endswith(mine["consumer_id"])]
-        assert segments, "the consumer's ring segment should exist while it is attached"
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+def test_kill_9_of_a_consumer_holding_a_slot_frees_it(service, runs) -> None:  # noqa: ANN001
+    for name in ("shm", "http", "rank0", "rank1"):  # the others are done and detached
+        runs.finish(name)
+    held = runs.processes["held"]
+    log = runs.out("held").with_suffix(".log")
+    wait_for(lambda: "holding" in log.read_text(), 60, "the consumer to hold a batch")
+    consumer_id = read_records(runs.out("held"))[0]["consumer_id"]
+    stats = service.get("/v1/stats").json()
+    (mine,) = [c for c in stats["consumers"] if c["consumer_id"] == consumer_id]
+    assert mine["ring_slots_taken"] >= 1  # the held batch (plus prefetched ones)
+    assert [n for n in shm_entries(service.process.pid) if consumer_id in n], "its ring should exist now"
+    held.send_signal(signal.SIGKILL)
+    held.wait()
 
     def released() -> bool:
-        stats = service.get("/v1/stats").json()
-        return all(c["consumer_id"] != mine["consumer_id"] for c in stats["consumers"])
+        return service.get("/v1/stats").json()["consumers"] == []
 
     wait_for(released, 30, "the service to drop the killed consumer")
-    stats = service.get("/v1/stats").json()
-    assert stats["consumers"] == [] and stats["ring_slots_taken"] == 0
-    assert not [n for n in shm_entries(service.process.pid) if mine["consumer_id"] in n]
-    # the service still serves a new consumer
-    again = start_consumer(service.url, tmp_path / "again.jsonl", batches=1)
-    assert len(_finish(again, tmp_path / "again.jsonl")) == 1
+    assert service.get("/v1/stats").json()["ring_slots_taken"] == 0
+    assert not [n for n in shm_entries(service.process.pid) if consumer_id in n]
+    # and the service still takes consumers
+    attached = httpx.post(service.url + "/v1/consumers", json={"transport": "http"}, timeout=30)
+    assert attached.status_code == 201, attached.text
+    assert httpx.delete(f"{service.url}/v1/consumers/{attached.json()['consumer_id']}", timeout=30).status_code == 204
 
 
-def test_stats_and_metrics_count_delivered_batches(service) -> None:  # noqa: ANN001
+def test_stats_and_metrics_count_delivered_batches(service, runs) -> None:  # noqa: ANN001
+    for name in ("shm", "http", "rank0", "rank1"):
+        runs.finish(name)
     stats = service.get("/v1/stats").json()
-    assert stats["batches_delivered_total"] >= 4
+    assert stats["batches_delivered_total"] >= 4 + 4 + 2 + 2
     assert stats["clips_delivered_total"] == stats["videos_delivered_total"] * SERVICE_SETTINGS["num_clips"]
     assert stats["stage_seconds_total"]["decode"] > 0
     assert stats["decode_errors_total"] == 0 and stats["recent_substitutions"] == []
     metrics = service.get("/metrics").text
     values = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line and not line.startswith("#"))
     assert float(values["clipserve_batches_delivered_total"]) >= stats["batches_delivered_total"]
-    assert float(values["clipserve_consumers"]) == len(service.get("/v1/stats").json()["consumers"])
 
 
 def test_rest_over_http_plan_png_and_4xx(service, config, index) -> None:  # noqa: ANN001
@@ -203,7 +249,7 @@ def test_kill_9_of_the_service_then_restart_cleans_up_and_client_resumes(
     first = start_service(dataset, tmp_path / "first.log")
     second = None
     out = tmp_path / "resume.jsonl"
-    consumer = start_consumer(first.url, out, batches=6, delay_seconds=0.3)
+    consumer = start_consumer(first.url, out, batches=6, delay_seconds=0.2)
     try:
         wait_for(lambda: len(read_records(out)) >= 2, 60, "two batches before the crash")
         dead_pid = first.process.pid
@@ -223,5 +269,5 @@ def test_kill_9_of_the_service_then_restart_cleans_up_and_client_resumes(
         stop_service(first.process)
     stopped = stop_service(second.process)
     assert stopped.status == 0  # SIGTERM: clean shutdown
-    assert not stopped.leftover_processes  # decode workers joined: nothing left in its process group
+    assert not stopped.leftover_processes, stopped.leftover_commands  # decode workers joined
     assert shm_entries(second.process.pid) == []

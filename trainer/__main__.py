@@ -1,5 +1,5 @@
-"""``python -m trainer``: see :func:`trainer.train.main`."""
+"""``python -m trainer``: see :func:`trainer.cli.main`."""
 
-from trainer.train import main
+from trainer.cli import main
 
 raise SystemExit(main())

@@ -234,9 +234,17 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
 
 def help_text() -> str:
     """One line per option with its default (for ``--help``)."""
-    lines = ["usage: python -m trainer --objective {moco,byol,simclr,swav} --server URL [--key value ...]", "", "options:"]
+    import inspect
+
+    notes = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        name, _, comment = line.strip().partition("#")
+        if ":" in name and comment:
+            notes[name.split(":")[0].strip()] = comment.strip()
+    lines = ["usage: python -m trainer --objective {moco,byol,simclr,swav} --server URL [--key value ...]",
+             "Presets: the objective's paper hyperparameters, then --profile, then your flags.", "", "options:"]
     for f in dataclasses.fields(TrainConfig):
-        lines.append(f"  --{f.name.replace('_', '-'):32s} default {f.default!r}")
+        lines.append(f"  --{f.name.replace('_', '-'):30s} {f.default!r:>12}  {notes.get(f.name, '')}")
     return "\n".join(lines)
 
 

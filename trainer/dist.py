@@ -175,3 +175,9 @@ def init_from_env(device: str = "auto") -> DistributedContext:
     local_rank = int(os.environ.get("LOCAL_RANK", "0")) if is_distributed() else 0
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     return DistributedContext(rank=rank(), world_size=world_size(), local_rank=local_rank, device=dev)
+
+
+def destroy() -> None:
+    """Tear down the process group if one is up (end of a torchrun run)."""
+    if is_distributed():
+        dist.destroy_process_group()

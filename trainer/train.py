@@ -4,7 +4,8 @@
     torchrun --nproc-per-node 2 -m trainer --objective simclr --server http://127.0.0.1:8000
 
 Each rank attaches to the service as consumer ``rank`` of ``world_size``; rank 0 alone logs and
-saves. ``train(config, batches)`` runs the same loop on any iterable of batches.
+saves. ``train(config, batches)`` runs the same loop on any iterable of batches; the CLI entry
+point is :func:`trainer.cli.main`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from trainer import dist as tdist
 from trainer.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from trainer.config import ConfigError, TrainConfig, help_text, parse_args
+from trainer.config import ConfigError, TrainConfig
 from trainer.data import SyntheticClipStream, open_clip_stream
 from trainer.objectives import build_objective
 from trainer.optim import build_optimizer
@@ -260,26 +261,3 @@ def train(config: TrainConfig, batches: Iterable | None = None) -> TrainResult:
         source.close()
     result.final_step = step
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: ``python -m trainer --objective … --server URL [--key value …]``."""
-    argv = sys.argv[1:] if argv is None else argv
-    if "-h" in argv or "--help" in argv:
-        print(help_text())
-        return 0
-    try:
-        config = parse_args(argv)
-        train(config)
-    except (ConfigError, FileNotFoundError, ConnectionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # clipserve's own errors (ClipserveError) are user-facing too
-        if any(cls.__name__ == "ClipserveError" for cls in type(exc).__mro__):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
-    finally:
-        if tdist.is_distributed():
-            dist.destroy_process_group()
-    return 0

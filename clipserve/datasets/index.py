@@ -24,6 +24,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -39,7 +40,7 @@ from clipserve.datasets.probe import (
 )
 from clipserve.datasets.record import DatasetEntry, DatasetListing, VideoRecord
 from clipserve.datasets.registry import get_adapter
-from clipserve.errors import DatasetError, IndexCacheError
+from clipserve.errors import ConfigError, IndexCacheError
 
 logger = logging.getLogger("clipserve.index")
 
@@ -403,11 +404,14 @@ def build_index(
 
     Raises:
         DatasetError: root missing, empty, or its annotations unusable.
+        ConfigError: ``workers`` < 0 or ``probe_timeout_seconds`` <= 0.
         IndexCacheError: the cache cannot be created or written (e.g. read-only).
     """
     started, cpu_started = time.monotonic(), time.process_time()
     if workers is not None and workers < 0:
-        raise DatasetError(f"workers ({workers}) must be >= 0")
+        raise ConfigError(f"workers ({workers}) must be >= 0 (0 = probe in this process)")
+    if not probe_timeout_seconds > 0:
+        raise ConfigError(f"probe_timeout_seconds ({probe_timeout_seconds}) must be > 0")
     listing = get_adapter(dataset)(Path(root), split)
     root_path = Path(root).expanduser().resolve()
     path = Path(cache_path).expanduser() if cache_path is not None else default_cache_path(root_path, dataset, split)
@@ -431,13 +435,15 @@ def build_index(
             if todo:
                 probe_started = time.monotonic()
                 paths = [root_path / entry.relative_path for entry, _, _ in todo]
-                for position, result in _probe_all(paths, num_workers, probe_timeout_seconds):
-                    entry, size_bytes, mtime_ns = todo[position]
-                    cache.put(entry.relative_path, size_bytes, mtime_ns, result)
-                    stats.num_probed += 1
-                    stats.probe_busy_seconds += result.probe_seconds
-                    stats.probe_cpu_seconds += result.probe_cpu_seconds
-                    bar.update(1)
+                # closing(): stop the workers at once on Ctrl-C or any error, not at garbage collection
+                with closing(_probe_all(paths, num_workers, probe_timeout_seconds)) as results:
+                    for position, result in results:
+                        entry, size_bytes, mtime_ns = todo[position]
+                        cache.put(entry.relative_path, size_bytes, mtime_ns, result)
+                        stats.num_probed += 1
+                        stats.probe_busy_seconds += result.probe_seconds
+                        stats.probe_cpu_seconds += result.probe_cpu_seconds
+                        bar.update(1)
                 stats.probe_wall_seconds = time.monotonic() - probe_started
         records: list[VideoRecord] = []
         broken: list[VideoRecord] = []

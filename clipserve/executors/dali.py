@@ -157,17 +157,14 @@ class DaliExecutor:
                 for j, i in enumerate(chunk):
                     results[i] = self._sample(out, j)
                 continue
-            except Exception as exc:  # DALI raises RuntimeError subclasses; isolate the culprit(s)
+            except Exception:  # DALI raises RuntimeError subclasses; rebuild, isolate the culprit(s)
                 self._drop(key)
-                first_error = exc
-            for i in chunk:
+            for i in chunk:  # one by one on a fresh pipeline: only the videos that fail alone fail
                 try:
                     results[i] = self._sample(self._run(key, names, [samples[i]]), 0)
                 except Exception as exc:
                     self._drop(key)
                     failures[i] = f"DALI could not decode it: {_first_line(exc)}"
-            if len(failures) == 0:
-                raise DecodeError(f"DALI failed on a batch but on none of its videos alone: {_first_line(first_error)}")
         return results, failures
 
     def _sample(self, out: Any, j: int) -> Any:
@@ -175,6 +172,38 @@ class DaliExecutor:
         if self.device == "cpu":
             return np.array(out.at(j), copy=True)
         return _tensor_gpu_to_torch(out[j], self.device_id)
+
+    @classmethod
+    def for_single_video(cls, backend: str = "dali", *, device: Device | None = None) -> "DaliExecutor":
+        """A one-video executor (batch 1, one thread) for ``clipserve plan``: ``backend`` is 'dali'
+        (device from ``dali_device()``), 'dali-gpu' or 'dali-cpu'."""
+        from clipserve.executors.backend import dali_device
+
+        if device is None:
+            device = {"dali-gpu": "gpu", "dali-cpu": "cpu"}.get(backend) or dali_device()
+        return cls(device, batch_size=1, num_threads=1)
+
+    def execute_plan(self, source: str | Path, plan: ClipPlan) -> np.ndarray:
+        """One video's ``(ρ, C, T, S, S)`` uint8 clips in host memory (same contract as the PyAV executor's).
+
+        Raises:
+            DecodeError: the video could not be decoded (the reason as ``execute_batch`` reports it).
+        """
+        clips, failures = self.execute_batch([Path(source)], [plan])
+        if failures:
+            raise DecodeError(f"{source}: {failures[0]}")
+        return clips[0] if self.device == "cpu" else clips[0].cpu().numpy()
+
+    def close(self) -> None:
+        """Release the DALI pipelines (their threads and buffers); the executor can still be used after."""
+        with self._lock:
+            self._pipelines.clear()
+
+    def __enter__(self) -> "DaliExecutor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ BatchExecutor
     def execute_batch(self, paths: list[Path], plans: list[ClipPlan]) -> tuple[Any, dict[int, str]]:

@@ -70,8 +70,6 @@ class StreamScan:
     """Presentation timestamps sorted: ``frame_pts[i]`` is frame i's pts (empty if unusable)."""
     keyframe_pts: list[int]
     """pts of keyframe packets, in decode order."""
-    keyframe_dts: list[int | None]
-    """dts of the same keyframe packets (what container seeks are keyed on for MP4)."""
     num_packets: int
     exact: bool
     """True when pts-based seeking and skipping can be trusted; False forces the sequential path."""
@@ -83,7 +81,6 @@ def scan_stream(container: av.container.InputContainer, stream: av.VideoStream) 
     """Read every packet of ``stream`` (no decoding) and rewind; a few ms for a 10 s clip."""
     pts_list: list[int] = []
     keyframe_pts: list[int] = []
-    keyframe_dts: list[int | None] = []
     missing_pts = False
     first_is_key: bool | None = None
     try:
@@ -99,7 +96,6 @@ def scan_stream(container: av.container.InputContainer, stream: av.VideoStream) 
             pts_list.append(packet.pts)
             if packet.is_keyframe:
                 keyframe_pts.append(packet.pts)
-                keyframe_dts.append(packet.dts)
     except av.error.FFmpegError as error:
         raise DecodeError(f"cannot read packets: {error}") from error
     num_packets = len(pts_list)
@@ -118,7 +114,6 @@ def scan_stream(container: av.container.InputContainer, stream: av.VideoStream) 
     return StreamScan(
         frame_pts=sorted(pts_list) if exact else [],
         keyframe_pts=keyframe_pts if exact else [],
-        keyframe_dts=keyframe_dts if exact else [],
         num_packets=num_packets,
         exact=exact,
         reason=reason,
@@ -131,10 +126,11 @@ def _open(source: str | Path) -> tuple[av.container.InputContainer, av.VideoStre
         container = av.open(str(path), mode="r")
     except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as error:
         raise DecodeError(f"cannot open {path}: {error}") from error
-    if not container.streams.video:
+    streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not streams:
         container.close()
         raise DecodeError(f"{path} has no video stream")
-    stream = container.streams.video[0]
+    stream = streams[0]
     stream.thread_type = "SLICE"
     stream.codec_context.thread_count = 1
     return container, stream
@@ -218,12 +214,14 @@ def _seek_and_skip(
                 if not pending:
                     raise _Done
 
+    last_seek = [-1]
+
     def seek_to(position: int) -> Iterator[av.Packet]:
-        target = scan.keyframe_dts[position]
-        if target is None:
-            target = keyframe_pts[position]
+        # Seeking on the keyframe's pts lands on it (MP4, Matroska); a demuxer that lands earlier is
+        # harmless (we decode forward, and never seek to the same keyframe twice in a row).
+        last_seek[0] = position
         try:
-            container.seek(target, stream=stream, backward=True, any_frame=False)
+            container.seek(keyframe_pts[position], stream=stream, backward=True, any_frame=False)
         except av.error.FFmpegError as error:
             raise _FallBack(f"seek to keyframe pts {keyframe_pts[position]} failed: {error}") from error
         codec.flush_buffers()
@@ -249,7 +247,7 @@ def _seek_and_skip(
                 pts = packet.pts
                 if packet.is_keyframe and not in_decoder and pts in keyframe_position:
                     target = keyframe_for(pending[0])
-                    if target > keyframe_position[pts]:
+                    if target > keyframe_position[pts] and target != last_seek[0]:
                         packets = seek_to(target)
                         restarted = True
                         break

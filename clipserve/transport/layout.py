@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -113,7 +114,7 @@ class BatchLayout(BaseModel):
             ("is_padding", np.dtype(np.bool_), (b,)),
         ]
 
-    @property
+    @cached_property
     def fields(self) -> tuple[FieldLayout, ...]:
         """All array fields in slot order, with their offsets and sizes."""
         out: list[FieldLayout] = []
@@ -132,13 +133,13 @@ class BatchLayout(BaseModel):
                 return f
         raise KeyError(f"unknown batch field {name!r}; known fields: {', '.join(FIELD_NAMES)}")
 
-    @property
+    @cached_property
     def slot_size_bytes(self) -> int:
         """Bytes of one slot (end of the last field rounded up to 64 bytes)."""
         last = self.fields[-1]
         return _align_up(last.offset_bytes + last.size_bytes)
 
-    @property
+    @cached_property
     def layout_id(self) -> str:
         """16 hex digits identifying the slot format (same settings → same id, on any host)."""
         description = {
