@@ -247,7 +247,8 @@ class ClipStream:
                 if deadline is None:
                     deadline = time.monotonic() + self.reconnect_timeout_seconds
                 elif time.monotonic() > deadline:
-                    raise ClipStreamError(f"lost the batch stream of {self.url} and could not resume: {error}") from None
+                    message = f"lost the batch stream of {self.url} and could not resume: {error}"
+                    raise ClipStreamError(message) from None
                 continue
             if (batch.epoch, batch.step) != (self._next_epoch, self._next_step):
                 batch.release()

@@ -392,6 +392,7 @@ class ServiceState:
         self._closed_totals: dict[str, float] = {}
         self._sheet_slots = threading.Semaphore(MAX_CONCURRENT_SHEETS)
         self._closed = False
+        self._summary = index.summary()  # the index never changes while serving
 
     @classmethod
     def open(cls, config: ServiceConfig, *, progress: bool = False, **kwargs: Any) -> ServiceState:
@@ -591,7 +592,7 @@ class ServiceState:
             config=self.config.public_dump(),
             sampling=self.sampling,
             augment=self.augment,
-            dataset=self.index.summary(),
+            dataset=self._summary,
             num_videos=self.num_videos,
             batch_layout=self.layout.describe(),
             steps_per_epoch_single_consumer=self.steps_per_epoch(1),

@@ -370,3 +370,11 @@ def test_unreachable_service_and_bad_arguments_give_clear_errors():
         ClipStream("http://127.0.0.1:1", rank=2, world_size=2)
     with pytest.raises(ValueError, match="transport"):
         ClipStream("http://127.0.0.1:1", transport="tcp")  # type: ignore[arg-type]
+
+
+def test_resuming_with_a_state_of_another_layout_raises(service):
+    stream = ClipStream(service.url, timeout_seconds=20)
+    stream.load_state_dict({"epoch": 0, "step": 1, "rank": 0, "world_size": 1, "layout_id": "0123456789abcdef"})
+    with pytest.raises(LayoutChangedError, match="0123456789abcdef"):
+        next(stream)
+    stream.close()

@@ -36,6 +36,9 @@ VIDEO_SPECS: dict[str, dict] = {
     "h264_2997fps_gop30": dict(num_frames=120, keyframe_interval_frames=30, fps=Fraction(30000, 1001)),
     "h264_vfr": dict(num_frames=120, keyframe_interval_frames=40, frame_times_seconds=_vfr_times(120)),
     "vp9_gop60.webm": dict(num_frames=150, keyframe_interval_frames=60, codec="vp9"),
+    # libvpx "good" mode with alt-ref frames: hidden frames travel in superframes
+    "vp9_altref.webm": dict(num_frames=90, keyframe_interval_frames=45, codec="vp9",
+                            extra_options={"deadline": "good", "cpu-used": "5", "auto-alt-ref": "1", "lag-in-frames": "16"}),
 }
 
 

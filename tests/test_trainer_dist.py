@@ -74,7 +74,8 @@ def _free_port() -> int:
 
 
 def test_distributed_losses_and_batchnorm_equal_single_process_on_the_concatenated_batch(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    # fork: the ranks inherit the imported modules (a spawned interpreter re-imports torch: seconds on a loaded CPU)
+    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method="fork")
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     inp = _inputs()
 
@@ -82,7 +83,7 @@ def test_distributed_losses_and_batchnorm_equal_single_process_on_the_concatenat
     z = inp["z"].clone().requires_grad_(True)
     full = NTXentLoss(0.1, gather_distributed=False)(z)
     full.backward()
-    assert float(sum(r["simclr_loss"] for r in ranks) / WORLD) == pytest.approx(float(full), rel=1e-12)
+    assert float(sum(r["simclr_loss"] for r in ranks) / WORLD) == pytest.approx(full.item(), rel=1e-12)
     for r in range(WORLD):
         torch.testing.assert_close(ranks[r]["simclr_grad"] / WORLD, z.grad[:, r * B : (r + 1) * B])
 
@@ -119,6 +120,5 @@ def test_cli_under_torchrun_with_two_cpu_ranks(tmp_path):
     assert proc.stderr.count("[trainer] saved") == 1  # rank 0 alone logs and saves
     ckpt = load_checkpoint(out)
     assert ckpt["world_size"] == 2 and len(ckpt["per_rank"]) == 2 and ckpt["step"] == 2
-    assert ckpt["per_rank"][0]["stream"] != ckpt["per_rank"][1]["stream"] or True  # positions saved per rank
     assert any(".running_mean" in k for k in ckpt["model"])
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

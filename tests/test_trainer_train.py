@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from trainer.checkpoint import load_checkpoint
+from trainer.cli import main as cli_main
 from trainer.config import ConfigError, make_config
 from trainer.data import SyntheticClipStream
 from trainer.eval import extract_features, knn_accuracy, linear_probe_accuracy
@@ -92,12 +93,14 @@ def _run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def test_cli_trains_logs_and_evaluates(tmp_path, capsys):
     out = tmp_path / "run"
-    proc = _run_cli("trainer", "--objective", "swav", "--profile", "cpu", "--server", "synthetic", "--max-steps", "3",
+    # in-process (the same main() as `python -m trainer`); the torchrun test runs it as real subprocesses
+    status = cli_main(["--objective", "swav", "--profile", "cpu", "--server", "synthetic", "--max-steps", "3",
                     "--checkpoint-dir", str(out), "--synthetic-batch-size", "4", "--synthetic-frames", "4",
                     "--synthetic-size-pixels", "32", "--synthetic-num-videos", "16", "--mlp-hidden-dim", "32",
-                    "--swav-num-prototypes", "10", "--log-every-steps", "1")
-    assert proc.returncode == 0, proc.stderr
-    assert "saved" in proc.stderr and "clips_s=" in proc.stderr and "wait=" in proc.stderr  # the progress bar
+                    "--swav-num-prototypes", "10", "--log-every-steps", "1"])
+    stderr = capsys.readouterr().err
+    assert status == 0, stderr
+    assert "saved" in stderr and "clips_s=" in stderr and "wait=" in stderr  # the progress bar
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
     # the evaluation CLI, in-process (saves a second interpreter start on a loaded machine)

@@ -50,6 +50,22 @@ class _GatherWithGrad(torch.autograd.Function):
         return all_grads[dist.get_rank()]
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward is again a sum over ranks (each rank's output feeds every rank's loss)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 def gather(x: torch.Tensor) -> list[torch.Tensor]:
     """Tensors from all ranks (rank order), differentiable: gradients flow back to their owners.
 
@@ -95,12 +111,10 @@ class AllReduceBatchNorm(nn.BatchNorm1d):
         self._check_input_dim(x)
         if not self.training or not is_distributed() or world_size() == 1:
             return nn.modules.batchnorm._BatchNorm.forward(self, x)
-        from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
-
         reduce_dims = [0] + list(range(2, x.dim()))
         count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
         stats = torch.cat([x.sum(reduce_dims), (x * x).sum(reduce_dims), count])  # (2C + 1,)
-        stats = differentiable_all_reduce(stats)
+        stats = _AllReduceSum.apply(stats)
         c = x.shape[1]
         total = stats[-1]
         mean = stats[:c] / total

@@ -1,8 +1,12 @@
-"""Probe one video file with PyAV without decoding: a demux-only packet scan.
+"""Probe one video file with PyAV: a packet scan that decodes keyframes only.
 
-The scan reads every packet of the video stream (never decodes one) and derives what the index
-stores: exact frame count, per-frame presentation timestamps, keyframe positions, fps, duration,
-size, codec, rotation and whether there is audio. Frame index ``i`` is the ``i``-th frame a full
+The scan reads every packet of the video stream and derives what the index stores: exact frame
+count, per-frame presentation timestamps, keyframe positions, fps, duration, size, codec, rotation
+and whether there is audio. Only keyframe packets are decoded (at most ``KEYFRAME_CHECK_ALL`` of
+them, then one in ``KEYFRAME_CHECK_STRIDE``), each on its own: that gives the coded frame size the
+executors will really see and catches streams whose size changes mid-stream (concatenated streams,
+adaptive-bitrate captures), which no executor can batch; a decode error on a lone keyframe is not
+held against the file (the executors report real decode errors with the frame). Frame index ``i`` is the ``i``-th frame a full
 sequential decode outputs, i.e. the ``i``-th smallest presentation timestamp among the packets the
 decoder keeps:
 
@@ -40,7 +44,7 @@ import av
 import av.logging
 import numpy as np
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2
 """Bump when the probe's output changes meaning; cached results of other versions are re-probed."""
 
 BROKEN_CATEGORIES = (
@@ -53,8 +57,15 @@ BROKEN_CATEGORIES = (
     "zero frames",
     "probe timeout",
     "probe crashed",
+    "resolution change",
 )
 """Categories of ``broken_reason`` (the text before the first ':')."""
+
+KEYFRAME_CHECK_ALL = 32
+"""The first this many keyframes of a stream are decoded to read their frame size."""
+KEYFRAME_CHECK_STRIDE = 16
+"""After the first ``KEYFRAME_CHECK_ALL``, one keyframe in this many is decoded (bounds the cost on
+all-intra streams such as MJPEG)."""
 
 _VIDEO_MAGIC = (
     (4, b"ftyp"),  # MP4 / MOV / 3GP
@@ -242,6 +253,7 @@ def _scan(container: av.container.InputContainer, size_bytes: int) -> ProbeResul
         if other.index != stream.index:
             other.discard = av.stream.Discard.all
     header_frames = int(stream.frames or 0)
+    sizes = _KeyframeSizes(stream)
     pts_list: list[int] = []
     dts_list: list[int | None] = []
     key_list: list[bool] = []
@@ -253,10 +265,16 @@ def _scan(container: av.container.InputContainer, size_bytes: int) -> ProbeResul
             if not packet.size:
                 continue
             num_packets += 1
-            if packet.pos is not None and packet.pos >= 0 and packet.pos + packet.size > size_bytes:
+            if packet.pos is not None and packet.pos >= 0 and (
+                packet.pos + packet.size > size_bytes
+                # a packet the demuxer could only read in part (FFmpeg flags it corrupt): the file ends in it
+                or (packet.is_corrupt and packet.pos + packet.size >= size_bytes)
+            ):
                 past_end = True
             if packet.is_discard:
                 continue
+            if packet.is_keyframe:
+                sizes.check(packet)
             pts_list.append(packet.pts if packet.pts is not None else _MISSING)
             dts_list.append(packet.dts)
             key_list.append(bool(packet.is_keyframe))
@@ -272,6 +290,17 @@ def _scan(container: av.container.InputContainer, size_bytes: int) -> ProbeResul
         )
     if not pts_list:
         return ProbeResult.broken("zero frames: the video stream holds no frames", **fields)
+    sizes.finish()
+    if sizes.first is not None:
+        fields["width_pixels"], fields["height_pixels"] = sizes.first  # what decoders really output
+    if sizes.change is not None:
+        time_base = stream.time_base or Fraction(1, 1)
+        (old_w, old_h), (new_w, new_h), pts = sizes.change
+        first_pts = min(p for p in pts_list if p != _MISSING) if any(p != _MISSING for p in pts_list) else 0
+        at = f" at {float((pts - first_pts) * time_base):.3f} s" if pts is not None else ""
+        return ProbeResult.broken(
+            f"resolution change: the coded frame size changes from {old_w}x{old_h} to {new_w}x{new_h}{at} "
+            f"(found by decoding {sizes.num_decoded} keyframes)", **fields)
     if len(pts_list) == 1 and codec in _IMAGE_CODECS:
         return ProbeResult.broken(f"not a video: a single {codec} image (format {format_name})", **fields)
     fields["rotation_degrees"] = _rotation_degrees(container, stream)
@@ -287,6 +316,46 @@ def _scan(container: av.container.InputContainer, size_bytes: int) -> ProbeResul
                 f"truncated: the video stream ends at {result.duration_seconds:.3f} s but its header says "
                 f"{tagged_seconds:.3f} s", **fields)
     return result
+
+
+class _KeyframeSizes:
+    """Decodes keyframe packets one by one and remembers the first frame size and the first change.
+
+    Frames are identified by size only; decode errors are ignored (a lone keyframe of an open GOP
+    may legitimately give nothing), so this never marks a file broken for anything but a size change.
+    """
+
+    def __init__(self, stream: av.video.stream.VideoStream) -> None:
+        self._context = stream.codec_context
+        self._context.thread_count = 1
+        self._seen = 0
+        self.num_decoded = 0
+        self.first: tuple[int, int] | None = None
+        self.change: tuple[tuple[int, int], tuple[int, int], int | None] | None = None
+        """(old size, new size, pts of the first frame of the new size) of the first size change."""
+
+    def check(self, packet: av.Packet) -> None:
+        seen, self._seen = self._seen, self._seen + 1
+        if self.change is not None or not (seen < KEYFRAME_CHECK_ALL or seen % KEYFRAME_CHECK_STRIDE == 0):
+            return
+        self.num_decoded += 1
+        self._take(packet)
+
+    def finish(self) -> None:
+        if self.change is None and self.num_decoded:
+            self._take(None)
+
+    def _take(self, packet: av.Packet | None) -> None:
+        try:
+            frames = self._context.decode(packet)
+        except (av.error.FFmpegError, ValueError):
+            return
+        for frame in frames:
+            size = (int(frame.width), int(frame.height))
+            if self.first is None:
+                self.first = size
+            elif size != self.first and self.change is None:
+                self.change = (self.first, size, frame.pts)
 
 
 def _tagged_duration_seconds(tag: str | None) -> float | None:

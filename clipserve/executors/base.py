@@ -37,6 +37,9 @@ from clipserve.plan_models import ClipPlan
 
 logger = logging.getLogger(__name__)
 
+_MAX_STARTUP_DEATHS = 8
+"""Consecutive workers dying before finishing any task after which the executor gives up."""
+
 __all__ = ["BatchExecutor", "PyAVBatchExecutor", "VideoResult", "clips_shape"]
 
 
@@ -92,6 +95,8 @@ class _Worker:
         self.outstanding: collections.deque[_Task] = collections.deque()
         self.current_started = time.monotonic()
         """When the task at the head of ``outstanding`` started (approximately)."""
+        self.completed = 0
+        """Tasks this worker answered."""
 
 
 def _worker_main(conn: multiprocessing.connection.Connection) -> None:
@@ -169,11 +174,18 @@ class PyAVBatchExecutor:
         self._pending: collections.deque[_Task] = collections.deque()
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
         self._closed = False
+        self._broken_reason: str | None = None
+        self._startup_deaths = 0
         self.worker_restarts = 0
         """Workers replaced after dying or timing out."""
         self._workers = [_Worker(self._ctx, next(self._ids)) for _ in range(workers)]
         self._thread = threading.Thread(target=self._dispatch, name="clipserve-pyav-dispatch", daemon=True)
         self._thread.start()
+
+    @property
+    def broken_reason(self) -> str | None:
+        """Why the executor gave up (workers keep dying before finishing any task); None while usable."""
+        return self._broken_reason
 
     @property
     def num_workers(self) -> int:
@@ -192,6 +204,9 @@ class PyAVBatchExecutor:
         with self._lock:
             if self._closed:
                 raise RuntimeError("PyAVBatchExecutor is closed")
+            if self._broken_reason is not None:
+                future.set_result(VideoResult(None, f"executor broken: {self._broken_reason}"))
+                return future
             self._pending.append(_Task(next(self._ids), str(path), plan, future))
         self._wake()
         return future
@@ -225,6 +240,8 @@ class PyAVBatchExecutor:
 
     def _assign(self) -> None:
         with self._lock:
+            if self._broken_reason is not None:
+                return
             for worker in self._workers:
                 while self._pending and len(worker.outstanding) < self._tasks_per_worker:
                     task = self._pending.popleft()
@@ -249,6 +266,8 @@ class PyAVBatchExecutor:
         with self._lock:
             task = worker.outstanding.popleft()
             worker.current_started = time.monotonic()
+            worker.completed += 1
+            self._startup_deaths = 0
         if task.task_id != task_id:  # pragma: no cover - protocol invariant
             logger.error("worker %s answered task %s, expected %s", worker.process.pid, task_id, task.task_id)
         if reason is None:
@@ -274,23 +293,55 @@ class PyAVBatchExecutor:
             for task in reversed(tasks[1:]):
                 self._pending.appendleft(_ResubmittableTask.reset(task))
             index = self._workers.index(worker)
-            if not self._closed:
+            if worker.completed == 0:
+                self._startup_deaths += 1
+            if self._startup_deaths > _MAX_STARTUP_DEATHS and self._broken_reason is None:
+                self._broken_reason = (
+                    f"{self._startup_deaths} worker processes in a row died before finishing a task "
+                    f"(last exit code {worker.process.exitcode}); see the worker's stderr"
+                )
+                logger.error("PyAVBatchExecutor gives up: %s", self._broken_reason)
+            if not self._closed and self._broken_reason is None:
                 self._workers[index] = _Worker(self._ctx, next(self._ids))
                 self.worker_restarts += 1
         if tasks:
             logger.warning("%s: %s", tasks[0].path, reason)
             tasks[0].future.set_result(VideoResult(None, reason))
+        if self._broken_reason is not None:
+            self._fail_all(f"executor broken: {self._broken_reason}")
         else:
             logger.warning("idle worker process %s ended (exit code %s); replaced", worker.process.pid, worker.process.exitcode)
 
+    def _fail_all(self, reason: str) -> None:
+        """Resolve every queued and outstanding task with ``reason`` (the executor cannot go on)."""
+        with self._lock:
+            tasks = list(self._pending)
+            self._pending.clear()
+            for worker in self._workers:
+                tasks.extend(worker.outstanding)
+                worker.outstanding.clear()
+        for task in tasks:
+            if not task.future.done():
+                if task.future.running() or not task.future.cancel():
+                    task.future.set_result(VideoResult(None, reason))
+
     def _dispatch(self) -> None:
+        try:
+            self._dispatch_loop()
+        except BaseException as exc:  # pragma: no cover - a bug here must not hang the consumers
+            logger.exception("PyAVBatchExecutor dispatcher failed")
+            with self._lock:
+                self._broken_reason = f"dispatcher failed: {type(exc).__name__}: {exc}"
+            self._fail_all(f"executor broken: {self._broken_reason}")
+
+    def _dispatch_loop(self) -> None:
         while True:
             with self._lock:
                 if self._closed:
                     return
             self._assign()
             with self._lock:
-                workers = list(self._workers)
+                workers = list(self._workers) if self._broken_reason is None else []
             by_conn = {w.conn: w for w in workers}
             by_sentinel = {w.process.sentinel: w for w in workers}
             ready = multiprocessing.connection.wait([self._wake_r, *by_conn, *by_sentinel], timeout=1.0)

@@ -44,7 +44,7 @@ from pydantic import BaseModel
 
 from clipserve.config import AugmentConfig, SamplingConfig
 from clipserve.datasets.record import VideoRecord
-from clipserve.errors import ConfigError, DecodeError
+from clipserve.errors import ClipserveError, ConfigError, DecodeError
 from clipserve.executors.base import BatchExecutor, PyAVBatchExecutor, VideoResult
 from clipserve.plan import consumer_epoch_length, epoch_order, plan
 from clipserve.plan_models import ClipPlan
@@ -392,6 +392,8 @@ class BatchProducer:
             slot.result = result
             self._counts["videos_decoded"] += 1
             return
+        if self._pyav is not None and self._pyav.broken_reason is not None:
+            raise ClipserveError(f"the PyAV worker pool cannot run: {self._pyav.broken_reason}")
         self._substitute(pending, slot, result.failure_reason or "unknown failure")
         while slot.video_index in self._known_bad:
             self._substitute(pending, slot, self._known_bad[slot.video_index], remember=False)

@@ -40,7 +40,7 @@ from clipserve.plan_models import AugmentParams, ClipPlan
 AugmentFn = Callable[[np.ndarray, AugmentParams], np.ndarray]
 FrameCallback = Callable[[int, av.VideoFrame], None]
 
-__all__ = ["DecodeStats", "decode_clip_regions", "decode_frames", "execute_plan", "scan_stream"]
+__all__ = ["DecodeStats", "StreamScan", "decode_clip_regions", "decode_frames", "execute_plan", "scan_stream"]
 
 
 @dataclass
@@ -52,11 +52,12 @@ class DecodeStats:
     packets_skippable: int = 0
     """Packets sent with ``skip_frame="NONREF"`` (their frame is not needed)."""
     frames_decoded: int = 0
-    """Frames the decoder returned (skipped non-reference frames are not decoded and not counted)."""
+    """Frames the decoder returned (skipped non-reference frames are not decoded and not counted;
+    FFmpeg's H.264 decoder honours ``skip_frame``, its VP9 decoder decodes every frame anyway)."""
     frames_used: int = 0
     """Needed frames handed on (each unique needed index once)."""
     seeks: int = 0
-    """Seeks, including the first one when it does not start at the first packet."""
+    """Container seeks, the initial one (to the keyframe before the first needed frame) included."""
     sequential_fallbacks: int = 0
     """Times the plain sequential decode was used instead of the seek-and-skip strategy."""
     fallback_reasons: list[str] = field(default_factory=list)

@@ -164,12 +164,15 @@ class ConsumerChannel:
         ]
         socket_dir: Path | None = None
         try:
-            socket_dir = Path(tempfile.mkdtemp(prefix=f"{instance_prefix(instance_token)}-{consumer_id}-s", dir=shm_dir))
+            prefix = f"{instance_prefix(instance_token)}-{consumer_id}-s"
+            socket_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=shm_dir))
             os.chmod(socket_dir, 0o700)
             self._socket_dir = socket_dir
             self.socket_path = socket_dir / "ring.sock"
             if len(os.fsencode(self.socket_path)) > _MAX_SOCKET_PATH_BYTES:
-                raise RingError(f"socket path {self.socket_path} is too long for a Unix socket; use a shorter consumer_id")
+                raise RingError(
+                    f"socket path {self.socket_path} is too long for a Unix socket; use a shorter consumer_id"
+                )
             self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._listener.bind(str(self.socket_path))
             self._listener.listen(4)
@@ -276,7 +279,7 @@ class ConsumerChannel:
             if self._disconnected.is_set() or self._closed:
                 return False
             slot = self._free_slots.popleft()
-        destination = self._slot_arrays[slot]
+            destination = self._slot_arrays[slot]  # under the lock: close() empties the list
         for name in FIELD_NAMES:
             np.copyto(destination[name], arrays[name], casting="no")
         with self._send_lock:  # held while sending so announcements leave in sequence order
@@ -481,6 +484,12 @@ class RingConsumer:
         if hello is None or hello.get("type") != "hello":
             self.close()
             raise RingError("the service closed the ring socket during the handshake (wrong token?)")
+        if hello.get("protocol") != PROTOCOL_VERSION:
+            self.close()
+            raise RingError(
+                f"ring protocol {hello.get('protocol')!r} of the service differs from ours ({PROTOCOL_VERSION}): "
+                "client and service run different clipserve versions"
+            )
         if hello.get("layout_id") != self.layout.layout_id:
             self.close()
             raise RingError(f"ring layout_id {hello.get('layout_id')!r} differs from the attach response")

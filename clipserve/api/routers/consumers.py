@@ -5,14 +5,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, HTTPException, Path, Response, status
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from clipserve.api.deps import ServiceDep
 from clipserve.api.schemas import ConsumerAttached, ConsumerCreate
 from clipserve.errors import ClipserveError, RingError
-from clipserve.service import ConsumerRequestError, HttpChannel, ServiceBusyError, UnknownConsumerError
+from clipserve.service import (
+    MAX_CONSUMERS,
+    ConsumerRequestError,
+    HttpChannel,
+    ServiceBusyError,
+    UnknownConsumerError,
+)
 from clipserve.transport.http_stream import FRAME_MEDIA_TYPE, encode_batch_frame
 
 router = APIRouter(
@@ -24,6 +30,9 @@ router = APIRouter(
 ConsumerIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_]{1,32}$", description="id from the attach response")]
 #: How long the HTTP stream waits for the next batch before checking the client is still there, seconds.
 STREAM_POLL_SECONDS = 1.0
+#: Streams wait for batches in threads of their own, so they never starve the shared thread pool
+#: that the other (sync) routes run in.
+_STREAM_THREADS = anyio.CapacityLimiter(MAX_CONSUMERS)
 
 
 @router.post("", response_model=ConsumerAttached, status_code=status.HTTP_201_CREATED)
@@ -71,9 +80,10 @@ def stream_batches(service: ServiceDep, consumer_id: ConsumerIdPath) -> Streamin
     async def frames() -> AsyncIterator[bytes]:
         try:
             while not channel.disconnected:
-                batch = await run_in_threadpool(channel.get, STREAM_POLL_SECONDS)
+                batch = await anyio.to_thread.run_sync(channel.get, STREAM_POLL_SECONDS, limiter=_STREAM_THREADS)
                 if batch is not None:
-                    yield await run_in_threadpool(encode_batch_frame, batch, channel.layout)
+                    yield await anyio.to_thread.run_sync(encode_batch_frame, batch, channel.layout,
+                                                         limiter=_STREAM_THREADS)
         finally:
             channel.mark_disconnected()
 
