@@ -11,8 +11,10 @@ B-frames), keyframe interval 250 and a keyframe-interval-30 variant. Methods:
   frames only (those libraries convert every frame of the span, so this peer is generous), crop,
   ``augment_clip``.
 - ``torchcodec``: ``VideoDecoder(seek_mode="exact", num_ffmpeg_threads=1).get_frames_at(ρ·T indices)``,
-  crop, ``augment_clip``. Runs in its own interpreter (``--torchcodec-python``), a throwaway venv
-  that shares the project's torch; skipped with the reason when it cannot load.
+  crop, ``augment_clip``. Runs in its own interpreter: a throwaway venv (``--torchcodec-venv``,
+  created on first use) that sees the project's site-packages through a ``.pth`` file, so torch is
+  never reinstalled; torchcodec itself needs FFmpeg's shared libraries (Debian: ``apt-get install
+  ffmpeg``). Skipped, with the reason printed, when it cannot load.
 - ``decode_all``: PyAV full decode of every frame, no RGB conversion: the decode-everything bound,
   in videos/s. ``ffmpeg_null`` (``ffmpeg -threads 1 -f null``) is added when Debian's ffmpeg exists.
 
@@ -20,7 +22,7 @@ Each method runs with 1 and 2 worker processes (one video per task, one decode t
 Prints one line per measurement, the ratios, a JSON document and a one-line summary.
 
     .venv/bin/python benchmarks/cpu_executor.py [--quick] [--data /tmp/clipserve-bench-cpu]
-        [--torchcodec-python /tmp/tcvenv/bin/python] [--json-out results.json]
+        [--torchcodec-venv /tmp/clipserve-torchcodec-venv | --no-torchcodec] [--json-out results.json]
 """
 
 from __future__ import annotations
@@ -124,17 +126,29 @@ def _crop(frames: np.ndarray, augment_params) -> np.ndarray:
     return np.ascontiguousarray(frames[:, a.crop_top_pixels : a.crop_top_pixels + a.crop_height_pixels, a.crop_left_pixels : a.crop_left_pixels + a.crop_width_pixels])
 
 
-def run_clipserve(path: Path, plan) -> int:
-    from clipserve.executors.pyav import execute_plan
+_AUGMENT = {"on": True}
 
+
+def _augment(region: np.ndarray, params) -> np.ndarray:
+    """The project's ``augment_clip`` (same for every method), or the region itself with --frames-only."""
+    if not _AUGMENT["on"]:
+        return region
+    from clipserve.executors.augment import augment_clip
+
+    return augment_clip(region, params)
+
+
+def run_clipserve(path: Path, plan) -> int:
+    from clipserve.executors.pyav import decode_clip_regions, execute_plan
+
+    if not _AUGMENT["on"]:
+        return len(decode_clip_regions(path, plan))
     return int(execute_plan(path, plan).shape[0])
 
 
 def run_naive(path: Path, plan) -> int:
     """Per clip: seek to the keyframe before the clip start, decode forward to the clip's last frame."""
     import av
-
-    from clipserve.executors.augment import augment_clip
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -152,20 +166,18 @@ def run_naive(path: Path, plan) -> int:
                 if frame.pts >= last:
                     break
             frames = np.stack([wanted[frame_pts[i]] for i in clip.frame_indices])
-            outputs.append(augment_clip(_crop(frames, clip.augment), clip.augment))
+            outputs.append(_augment(_crop(frames, clip.augment), clip.augment))
     return len(outputs)
 
 
 def run_torchcodec(path: Path, plan) -> int:
     from torchcodec.decoders import VideoDecoder
 
-    from clipserve.executors.augment import augment_clip
-
     decoder = VideoDecoder(str(path), seek_mode="exact", num_ffmpeg_threads=1, dimension_order="NHWC")
     frames = decoder.get_frames_at(plan.all_frame_indices).data.numpy()  # (ρ·T, H, W, 3)
     outputs = []
     for c, clip in enumerate(plan.clips):
-        outputs.append(augment_clip(_crop(frames[c * FRAMES_PER_CLIP : (c + 1) * FRAMES_PER_CLIP], clip.augment), clip.augment))
+        outputs.append(_augment(_crop(frames[c * FRAMES_PER_CLIP : (c + 1) * FRAMES_PER_CLIP], clip.augment), clip.augment))
     return len(outputs)
 
 
@@ -192,29 +204,35 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _task(args: tuple[str, str, str]) -> float:
-    method, path, plan_json = args
+def _task(args: tuple[str, str, str, bool]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) to run one method on one video."""
+    method, path, plan_json, augment = args
+    _AUGMENT["on"] = augment
     from clipserve.plan_models import ClipPlan
 
     plan = ClipPlan.model_validate_json(plan_json)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     RUNNERS[method](Path(path), plan)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu_started
 
 
-def measure(method: str, paths: list[Path], plans: list, processes: int) -> dict:
-    """Wall time to run ``method`` on every video with ``processes`` worker processes (warm workers)."""
-    tasks = [(method, str(p), plan.model_dump_json()) for p, plan in zip(paths, plans)]
+def measure(method: str, paths: list[Path], plans: list, processes: int, augment: bool = True) -> dict:
+    """Wall time to run ``method`` on every video with ``processes`` worker processes (warm workers),
+    and the CPU time the workers spent (the fairer figure on a machine shared with other jobs)."""
+    tasks = [(method, str(p), plan.model_dump_json(), augment) for p, plan in zip(paths, plans)]
     with mp.get_context("spawn").Pool(processes, initializer=_init_worker) as pool:
         pool.map(_task, tasks[:processes], chunksize=1)  # warm-up: imports, first open
         started = time.perf_counter()
         per_video = pool.map(_task, tasks, chunksize=1)
         wall = time.perf_counter() - started
     num_videos = len(paths)
+    cpu = sum(c for _, c in per_video)
     return {
         "method": method, "processes": processes, "videos": num_videos, "wall_seconds": round(wall, 3),
         "videos_per_second": round(num_videos / wall, 2), "clips_per_second": round(num_videos * NUM_CLIPS / wall, 2),
-        "mean_video_ms": round(1000 * float(np.mean(per_video)), 2),
+        "mean_video_ms": round(1000 * float(np.mean([w for w, _ in per_video])), 2),
+        "cpu_seconds": round(cpu, 3), "videos_per_cpu_second": round(num_videos / cpu, 2),
+        "clips_per_cpu_second": round(num_videos * NUM_CLIPS / cpu, 2),
     }
 
 
@@ -230,16 +248,42 @@ def measure_ffmpeg_null(paths: list[Path]) -> dict | None:
             "videos_per_second": round(len(paths) / wall, 2), "clips_per_second": None}
 
 
-def torchcodec_in_other_python(python: str | None, data_dir: Path, keyframe_interval: int, num_videos: int, processes: int) -> dict:
+def setup_torchcodec_venv(venv: Path) -> str:
+    """Python of a throwaway venv with torchcodec that reuses this venv's packages (torch untouched).
+
+    Raises RuntimeError with the reason when torchcodec cannot be installed or loaded.
+    """
+    import ctypes.util
+    import site
+    import sysconfig
+
+    if ctypes.util.find_library("avcodec") is None:
+        raise RuntimeError("torchcodec needs FFmpeg 4-8 shared libraries (Debian: apt-get install ffmpeg); none found")
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        target = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                     check=True, capture_output=True, text=True).stdout.strip())
+        ours = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
+        (target / "clipserve_parent_venv.pth").write_text("\n".join(dict.fromkeys(ours)) + "\n")
+        install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "torchcodec"], capture_output=True, text=True)
+        if install.returncode != 0:
+            raise RuntimeError(f"pip install torchcodec failed: {install.stderr.strip()[-300:]}")
+    check = subprocess.run([str(python), "-c", "import torch, torchcodec.decoders; print(torch.__version__, torchcodec.__version__)"],
+                           capture_output=True, text=True)
+    if check.returncode != 0:
+        raise RuntimeError(f"torchcodec does not load with this torch: {check.stderr.strip()[-400:]}")
+    print(f"# torchcodec venv {venv}: torch, torchcodec = {check.stdout.strip()}", flush=True)
+    return str(python)
+
+
+def torchcodec_in_other_python(python: str | None, data_dir: Path, keyframe_interval: int, num_videos: int, processes: int,
+                               augment: bool) -> dict:
     """Run the torchcodec measurement in ``python`` (its own venv); a dict with 'skipped' says why not."""
     if not python:
-        try:
-            import torchcodec  # noqa: F401
-        except Exception as error:  # noqa: BLE001 (any load failure is a reason to report)
-            return {"method": "torchcodec", "processes": processes, "skipped": f"torchcodec not importable here ({error}); pass --torchcodec-python"}
-        python = sys.executable
+        return {"method": "torchcodec", "processes": processes, "skipped": "torchcodec unavailable (see above)"}
     command = [python, str(Path(__file__).resolve()), "--child-torchcodec", "--data", str(data_dir), "--videos", str(num_videos),
-               "--keyframe-interval", str(keyframe_interval), "--processes", str(processes)]
+               "--keyframe-interval", str(keyframe_interval), "--processes", str(processes)] + ([] if augment else ["--frames-only"])
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
     if result.returncode != 0:
@@ -256,8 +300,10 @@ def main() -> int:
     parser.add_argument("--videos", type=int, default=40)
     parser.add_argument("--quick", action="store_true", help="8 videos per set")
     parser.add_argument("--processes", type=str, default="1,2", help="comma-separated worker process counts")
-    parser.add_argument("--torchcodec-python", type=str, default=os.environ.get("CLIPSERVE_TORCHCODEC_PYTHON"),
-                        help="python of a venv with torchcodec (default: try this interpreter)")
+    parser.add_argument("--torchcodec-venv", type=Path, default=Path("/tmp/clipserve-torchcodec-venv"),
+                        help="throwaway venv for torchcodec (created on first use, shares this venv's torch)")
+    parser.add_argument("--no-torchcodec", action="store_true", help="skip the torchcodec peer")
+    parser.add_argument("--frames-only", action="store_true", help="no augmentation for any method (decode + crop only)")
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--keyframe-interval", type=int, default=None, help="only this set (default: 250 and 30)")
     parser.add_argument("--child-torchcodec", action="store_true", help=argparse.SUPPRESS)
@@ -268,11 +314,17 @@ def main() -> int:
 
     if args.child_torchcodec:
         paths = ensure_dataset(args.data, intervals[0], num_videos)
-        print(json.dumps(measure("torchcodec", paths, make_plans(paths), process_counts[0])))
+        print(json.dumps(measure("torchcodec", paths, make_plans(paths), process_counts[0], not args.frames_only)))
         return 0
 
+    torchcodec_python = None
+    if not args.no_torchcodec:
+        try:
+            torchcodec_python = setup_torchcodec_venv(args.torchcodec_venv)
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
+            print(f"# torchcodec skipped: {error}", flush=True)
     results: dict = {"workload": {"num_clips": NUM_CLIPS, "frames_per_clip": FRAMES_PER_CLIP, "frame_stride": FRAME_STRIDE,
-                                  "crop_size_pixels": CROP_SIZE_PIXELS, "augment": "aug+ defaults", "videos": num_videos,
+                                  "crop_size_pixels": CROP_SIZE_PIXELS, "augment": "none (frames only)" if args.frames_only else "aug+ defaults", "videos": num_videos,
                                   "video": f"{WIDTH_PIXELS}x{HEIGHT_PIXELS} {FPS} fps {SECONDS} s h264"},
                      "cpu_count": os.cpu_count(), "sets": {}}
     summary_parts = []
@@ -286,15 +338,15 @@ def main() -> int:
         for processes in process_counts:
             for method in METHODS:
                 if method == "torchcodec":
-                    row = torchcodec_in_other_python(args.torchcodec_python, args.data, interval, num_videos, processes)
+                    row = torchcodec_in_other_python(torchcodec_python, args.data, interval, num_videos, processes, not args.frames_only)
                 else:
-                    row = measure(method, paths, plans, processes)
+                    row = measure(method, paths, plans, processes, not args.frames_only)
                 rows.append(row)
                 if "skipped" in row:
                     print(f"gop{interval} {method:<11} p={processes}: skipped: {row['skipped']}", flush=True)
                 else:
                     print(f"gop{interval} {method:<11} p={processes}: {row['clips_per_second']:>7} clips/s {row['videos_per_second']:>7} videos/s "
-                          f"({row['mean_video_ms']} ms/video)", flush=True)
+                          f"({row['mean_video_ms']} ms/video wall; {row['clips_per_cpu_second']} clips/CPU-s)", flush=True)
         ffmpeg_row = measure_ffmpeg_null(paths)
         if ffmpeg_row:
             rows.append(ffmpeg_row)
@@ -308,6 +360,8 @@ def main() -> int:
             for peer, key in (("naive", "clips_per_second"), ("torchcodec", "clips_per_second"), ("decode_all", "videos_per_second")):
                 if (peer, processes) in by:
                     ratios[f"clipserve_vs_{peer}_p{processes}"] = round(ours[key] / by[(peer, processes)][key], 2)
+                    cpu_key = key.replace("_per_second", "_per_cpu_second")
+                    ratios[f"clipserve_vs_{peer}_p{processes}_cpu"] = round(ours[cpu_key] / by[(peer, processes)][cpu_key], 2)
         if ("clipserve", 1) in by and ("clipserve", 2) in by:
             ratios["clipserve_p2_vs_p1"] = round(by[("clipserve", 2)]["clips_per_second"] / by[("clipserve", 1)]["clips_per_second"], 2)
         for name, value in ratios.items():

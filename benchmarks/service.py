@@ -6,8 +6,10 @@ Both sides use the same dataset, configs and number of decode workers:
   - ``service``: ``python -m clipserve start`` as a subprocess and a consumer subprocess reading
     ``ClipStream`` batches through the shared-memory ring (``--transport http`` for the HTTP stream).
 
-Each side skips ``--warmup-batches`` and then times ``--batches`` batches; with ``--repeats`` > 1
-the sides alternate and the median is reported. Target: service ≥ 97 % of in-process.
+Each side skips ``--warmup-batches`` and then times ``--batches`` batches; the warm-up is at least
+2 × prefetch + 2 batches, because batches the service decodes while the consumer process starts
+wait in the ring and would otherwise inflate the service's rate. With ``--repeats`` > 1 the sides
+alternate and the median is reported. Target: service ≥ 97 % of in-process.
 Prints one JSON object and a one-line summary.
 
     .venv/bin/python benchmarks/service.py [--root DIR] [--batches 30] [--workers N] [--crop-size 112]
@@ -152,8 +154,10 @@ def _consume(url: str, args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=None, help="K400-layout dataset (default: a small synthetic one)")
-    parser.add_argument("--batches", type=int, default=30, help="timed batches per side")
-    parser.add_argument("--warmup-batches", type=int, default=3, help="batches skipped before timing")
+    parser.add_argument("--batches", type=int, default=40, help="timed batches per side")
+    parser.add_argument("--warmup-batches", type=int, default=None,
+                        help="batches skipped before timing (default and minimum: 2 × prefetch + 2, so the "
+                             "batches buffered in the ring while the consumer starts are drained first)")
     parser.add_argument("--repeats", type=int, default=1, help="alternating runs per side (median reported)")
     parser.add_argument("--transport", default="shm", choices=["shm", "http"])
     parser.add_argument("--num-clips", type=int, default=2, help="ρ")
@@ -167,6 +171,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.consume:
         return _consume(args.consume, args)
+    args.warmup_batches = max(args.warmup_batches or 0, 2 * args.prefetch_batches + 2)
     if args.workers is None:
         args.workers = max(1, len(os.sched_getaffinity(0)))
 

@@ -13,9 +13,14 @@ about the class and a clip's motion says a lot. That makes the set learnable by 
 training and measurable with a kNN probe. Classes are designed to stay distinct under horizontal
 flips (the augmentation flips clips), so no two classes differ only by left/right direction.
 
-Public names: :class:`SampleVideo`, :class:`SampleSpec`, :func:`make_sample_spec`,
-:func:`render_frames`, :func:`encode_sample_video`, :func:`missing_videos`, :func:`build_sample`,
-:class:`SampleBuildResult`, :data:`CLASS_NAMES`.
+Public names: :class:`SampleVideo`, :class:`SampleSpec`, :func:`make_sample_spec` (pure spec),
+:func:`render_frames`, :func:`yuv420p_to_rgb` (content), :func:`encode_sample_video`,
+:func:`missing_videos`, :func:`build_sample`, :class:`SampleBuildResult`, :func:`default_workers`
+(building), :data:`CLASS_NAMES`, :data:`ANNOTATION_HEADER`, :data:`MANIFEST_NAME`.
+
+Output is byte-for-byte deterministic for a seed (same files on every run, on this machine and
+library versions): frames are drawn in yuv420p with exact arithmetic and encoded with
+``encode_video(..., deterministic=True)``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from fractions import Fraction
 from multiprocessing import get_context
@@ -838,10 +844,19 @@ def _encode_all(root: Path, todo: list[SampleVideo], workers: int, progress: boo
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    future.result()  # re-raises a worker's DatasetError here
+                    try:
+                        future.result()  # re-raises a worker's DatasetError here
+                    except BrokenProcessPool:
+                        raise DatasetError("an encoder process died (killed, or out of memory?); "
+                                           "run make-sample again to resume") from None
                     bar.update(1)
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C or a failure: stop queued work now
+            # Ctrl-C or a failure: drop the queued videos and wait only for the (at most
+            # ``workers``) running ones. Cancelling our own futures is reliable, unlike
+            # shutdown(cancel_futures=True), which is skipped if the executor is collected first.
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True)
             raise
         pool.shutdown()
     finally:

@@ -11,8 +11,10 @@ One ``ServiceState`` per running service. Each attached consumer (a trainer rank
   that the consumer is gone (exited, ``kill -9``, detached), the feeder closes the producer
   (its workers are joined) and the channel (its segment is unlinked) and the consumer is removed.
 
-Each producer owns its own worker pool (``BatchProducer`` does not share pools across
-instances), so N attached consumers use N × ``workers`` decode processes.
+Each producer owns its own worker pool of ``ceil(workers / world_size)`` processes, so the ranks
+of one job together use about ``workers`` processes. (``BatchProducer`` can take a shared
+executor, but then it runs one ``execute_batch`` call per batch instead of its pipelined
+per-video submission, so pools are not shared yet.)
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from clipserve.settings import ServiceConfig
 from clipserve.transport.layout import BatchLayout
 
 if TYPE_CHECKING:
+    from clipserve.datasets.index import VideoIndex
+    from clipserve.datasets.record import VideoRecord
     from clipserve.executors.pool import Batch, BatchProducer
 
 logger = logging.getLogger(__name__)
@@ -349,7 +353,9 @@ class ConsumerSession:
         logger.info("consumer %s removed: %s", self.consumer_id, self.end_reason)
 
 
-ProducerFactory = Callable[..., Any]
+#: ``(index, *, sampling, augment, batch_size, seed, workers, prefetch_batches, shard_id, num_shards,
+#: rank, world_size, backend) -> BatchProducer``
+ProducerFactory = Callable[..., "BatchProducer"]
 
 
 class ServiceState:
@@ -361,7 +367,8 @@ class ServiceState:
         producer_factory: builds a producer for one consumer; default ``BatchProducer``.
     """
 
-    def __init__(self, config: ServiceConfig, index: Any, *, producer_factory: ProducerFactory | None = None) -> None:
+    def __init__(self, config: ServiceConfig, index: VideoIndex, *,
+                 producer_factory: ProducerFactory | None = None) -> None:
         from clipserve.transport.ring import cleanup_stale_segments, new_instance_token
 
         self.config = config
@@ -452,7 +459,7 @@ class ServiceState:
                 augment=self.augment,
                 batch_size=self.config.batch_size,
                 seed=self.config.seed,
-                workers=self.config.resolved_workers(),
+                workers=self.workers_per_consumer(request.world_size),
                 prefetch_batches=self.config.prefetch_batches,
                 shard_id=self.config.shard_id,
                 num_shards=self.config.num_shards,
@@ -487,6 +494,14 @@ class ServiceState:
             "steps_per_epoch": session.steps_per_epoch,
         }
 
+    def workers_per_consumer(self, world_size: int) -> int:
+        """Decode workers of one consumer: the service's ``workers`` split across the job's ranks.
+
+        The ranks of one job attach together and each decodes 1/world_size of the epoch, so
+        ``ceil(workers / world_size)`` each keeps the node at about ``workers`` processes.
+        """
+        return max(1, -(-self.config.resolved_workers() // world_size))
+
     def steps_per_epoch(self, world_size: int) -> int:
         """Batches per epoch of each consumer when ``world_size`` consumers share this shard."""
         from clipserve.plan import consumer_epoch_length
@@ -515,7 +530,7 @@ class ServiceState:
             raise UnknownConsumerError(f"consumer {consumer_id!r} is not attached")
         return session
 
-    def detach(self, consumer_id: str, *, timeout_seconds: float = 10.0) -> None:
+    def detach(self, consumer_id: str, *, timeout_seconds: float = 5.0) -> None:
         """Stop a consumer's feeder, close its producer and channel, and forget it."""
         session = self.session(consumer_id)
         session.stop("detached")
@@ -612,7 +627,7 @@ class ServiceState:
             session.join(max(0.1, deadline - time.monotonic()))
 
 
-def build_service_index(config: ServiceConfig, *, progress: bool) -> Any:
+def build_service_index(config: ServiceConfig, *, progress: bool) -> VideoIndex:
     """Build or load the ``VideoIndex`` of the configured dataset root and split."""
     from clipserve.datasets.index import build_index
 
@@ -626,7 +641,7 @@ def build_service_index(config: ServiceConfig, *, progress: bool) -> Any:
     )
 
 
-def _resolve_backend(requested: str, records: list[Any]) -> str:
+def _resolve_backend(requested: str, records: list[VideoRecord]) -> str:
     """'pyav' or 'dali' for this dataset's codecs (``choose_backend``: errors name codec and remedy)."""
     from clipserve.executors.backend import choose_backend
 
@@ -642,7 +657,7 @@ def _backend_description(backend: str) -> str:
     return f"dali-{dali_device()}"
 
 
-def _default_producer_factory(index: Any, **kwargs: Any) -> Any:
+def _default_producer_factory(index: VideoIndex, **kwargs: Any) -> BatchProducer:
     from clipserve.executors.pool import BatchProducer
 
     return BatchProducer(index, **kwargs)

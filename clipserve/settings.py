@@ -49,7 +49,9 @@ class ServiceConfig(BaseSettings):
     backend: Literal["auto", "pyav", "dali"] = Field(
         "auto", description="executor: pyav (CPU), dali (GPU/NVDEC, or CPU for VP9), auto (DALI on a GPU)"
     )
-    workers: int | None = Field(None, ge=1, le=1024, description="decode worker processes; None = CPU cores")
+    workers: int | None = Field(
+        None, ge=1, le=1024, description="decode worker processes, split across a job's ranks; None = CPU cores"
+    )
     prefetch_batches: int = Field(4, ge=1, le=1024, description="batches decoded ahead per consumer (ring slots)")
     # sampling (SamplingConfig)
     num_clips: int = Field(2, description="ρ, clips per video")
@@ -185,6 +187,8 @@ def _format_validation_error(exc: ValidationError) -> str:
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "config"
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing" and loc != "config":
+            msg = f"missing: give it as a flag, as {ENV_PREFIX}{loc.upper()} or in the config file"
         parts.append(f"{loc}: {msg}" if loc != "config" else msg)
     return "invalid service config: " + "; ".join(parts)
 

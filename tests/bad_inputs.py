@@ -37,6 +37,43 @@ REPLACEMENT_SIZE_PIXELS = (96, 64)
 """Width, height of the video that replaces ``replaced_on_disk.mp4``."""
 REPLACEMENT_NUM_FRAMES = 20
 
+EXPECTED_OUTCOMES: dict[str, str] = {
+    "audio_only": "broken: no video stream (audio-only)",
+    "av1": "ok",
+    "faststart": "ok",
+    "h264_10bit": "ok",
+    "h264_444": "ok",
+    "large_3840x2160": "ok",
+    "moov_at_end": "ok",
+    "moov_missing": "broken: truncated",
+    "mpeg4_part2": "ok",
+    "odd_17x9_h264_444": "ok",
+    "odd_17x9_vp9": "ok",
+    "one_frame": "ok",
+    "png_renamed": "broken: not a video",
+    "random_bytes": "broken: not a video",
+    "replaced_on_disk": "ok",
+    "resolution_change": "broken: resolution change",
+    "resolution_change_vp9": "broken: resolution change",
+    "rotated_90": "ok",
+    "shorter_than_clip": "ok",
+    "tiny_2x2": "ok",
+    "truncated_in_ftyp": "broken: truncated",
+    "truncated_in_moov": "broken: truncated",
+    "truncated_last_byte": "broken: truncated",
+    "truncated_mid_gop_10": "broken: truncated",
+    "truncated_mid_gop_50": "broken: truncated",
+    "truncated_mid_gop_90": "broken: truncated",
+    "truncated_webm_header": "broken: truncated",
+    "truncated_webm_mid_gop": "broken: truncated",
+    "variable_frame_rate": "ok",
+    "vp9": "ok",
+    "vp9_444": "ok",
+    "zero_byte": "broken: zero-byte file",
+}
+"""Case name → expected outcome, known before the corpus is written (so tests can be parametrized
+at collection time); ``write_corpus`` returns exactly these cases."""
+
 
 @dataclass(frozen=True)
 class BadInput:
@@ -111,10 +148,11 @@ def _vfr_times_seconds(num_frames: int) -> list[float]:
     return [0.0] + [round(float(t), 4) for t in np.cumsum(steps)]
 
 
-def _concatenate_ts(parts: list[Path], target: Path) -> Path:
-    """Stream-copy the H.264 video of several MPEG-TS files into one, one after the other (each part
-    carries its own in-band SPS, so the coded size changes where a part starts)."""
-    with av.open(str(target), "w", format="mpegts") as out:
+def _concatenate(parts: list[Path], target: Path, container_format: str) -> Path:
+    """Stream-copy the video of several files into one, one after the other, without re-encoding.
+    Each part starts with a keyframe carrying its own size (H.264: in-band SPS in MPEG-TS; VP9: the
+    keyframe header), so the coded size changes where a part starts."""
+    with av.open(str(target), "w", format=container_format) as out:
         copy = None
         offset = 0
         for part in parts:
@@ -134,6 +172,31 @@ def _concatenate_ts(parts: list[Path], target: Path) -> Path:
                     packet.stream = copy
                     out.mux(packet)
                 offset += (last - first) + step  # type: ignore[operator]
+    return target
+
+
+def remux_container(source: Path, target: Path) -> Path:
+    """Stream-copy the video of ``source`` into ``target`` (container from the extension), as
+    ``ffmpeg -c copy`` would. AVI gets Annex B H.264 and keeps the source's fine time base, so its
+    muxer writes empty "null frame" chunks between the frames (its header then counts time-base
+    ticks, not frames): an AVI quirk real captures share."""
+    from av.bitstream import BitStreamFilterContext
+
+    with av.open(str(source)) as src, av.open(str(target), "w") as out:
+        stream = src.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        annex_b = BitStreamFilterContext("h264_mp4toannexb", stream) \
+            if target.suffix == ".avi" and stream.codec_context.name == "h264" else None
+        for packet in src.demux(stream):
+            if packet.dts is None:
+                if annex_b is None:
+                    continue
+                packets = annex_b.filter(None)
+            else:
+                packets = annex_b.filter(packet) if annex_b is not None else [packet]
+            for item in packets:
+                item.stream = copy
+                out.mux(item)
     return target
 
 
@@ -168,7 +231,8 @@ def write_corpus(root: Path) -> list[BadInput]:
         cases.append(BadInput(name=name, path=folder / filename, expected=f"broken: {reason}", description=description))
 
     # -- sources: one GOP, B-frames, AAC audio; the default muxer puts moov after mdat
-    moov_at_end = _encode(folder / "moov_at_end.mp4", fps=FPS, audio_sample_rate_hz=16000)
+    moov_at_end = _encode(folder / "moov_at_end.mp4", fps=FPS, audio_sample_rate_hz=16000,
+                          extra_options={"x264-params": "scenecut=0"})  # exactly one GOP
     ok("moov_at_end", "moov_at_end.mp4", "H.264 + AAC, moov atom after mdat (PyAV's default)", codec="h264")
     faststart = remux(moov_at_end, folder / "faststart.mp4", faststart=True)
     ok("faststart", "faststart.mp4", "H.264, moov atom before mdat (movflags=faststart)", codec="h264")
@@ -205,7 +269,7 @@ def write_corpus(root: Path) -> list[BadInput]:
     vp9 = _encode(sources / "vp9_source.webm", codec="vp9", keyframe_interval_frames=15, fps=FPS)
     vp9_bytes = vp9.read_bytes()
     (folder / "truncated_mid_gop.webm").write_bytes(vp9_bytes[: int(len(vp9_bytes) * 0.6)])
-    broken("truncated_webm", "truncated_mid_gop.webm", "truncated", "VP9 WebM cut at 60% (mid-GOP)")
+    broken("truncated_webm_mid_gop", "truncated_mid_gop.webm", "truncated", "VP9 WebM cut at 60% (mid-GOP)")
     (folder / "truncated_header.webm").write_bytes(vp9_bytes[:100])
     broken("truncated_webm_header", "truncated_header.webm", "truncated", "VP9 WebM cut after 100 bytes (EBML header)")
 
@@ -252,12 +316,134 @@ def write_corpus(root: Path) -> list[BadInput]:
     # -- a resolution change mid-stream: two H.264 streams of different sizes, one MPEG-TS
     first = _encode(sources / "part_a.ts", num_frames=20, size=(64, 48))
     second = _encode(sources / "part_b.ts", num_frames=20, size=(96, 64), seed=1)
-    _concatenate_ts([first, second], folder / "resolution_change.ts")
+    _concatenate([first, second], folder / "resolution_change.ts", "mpegts")
     broken("resolution_change", "resolution_change.ts", "resolution change",
            "H.264 in MPEG-TS whose coded size changes 64×48 → 96×64 at frame 20")
+    first = _encode(sources / "part_a.webm", num_frames=20, size=(64, 48), codec="vp9")
+    second = _encode(sources / "part_b.webm", num_frames=20, size=(96, 64), codec="vp9", seed=1)
+    _concatenate([first, second], folder / "resolution_change.webm", "webm")
+    broken("resolution_change_vp9", "resolution_change.webm", "resolution change",
+           "VP9 in WebM whose coded size changes 64×48 → 96×64 at frame 20 (a keyframe)")
 
     # -- replaced on disk between index builds (the test calls replace_video)
     _encode(folder / "replaced_on_disk.mp4", seed=5)
     ok("replaced_on_disk", "replaced_on_disk.mp4", "H.264 replaced by another video (96×64, 20 frames) after indexing",
        codec="h264")
     return sorted(cases, key=lambda c: c.name)
+
+
+# ----------------------------------------------------------------------------- checks run in a child process
+# The tests call these through ``tests.test_bad_inputs.IsolatedWorker`` so a decoder that crashes or
+# hangs on a corpus file fails one test with a message instead of killing the test run.
+
+
+def reference_frames(path: str | Path, frame_indices: list[int], rotation_degrees: int = 0) -> dict[int, np.ndarray]:
+    """The requested frames of a plain sequential PyAV decode (frame i = i-th frame out), converted
+    with the executors' one RGB conversion and made upright: ``{index: (H, W, 3) uint8}``."""
+    from clipserve.executors.yuv import frame_to_rgb, rotate_upright
+
+    wanted = set(int(i) for i in frame_indices)
+    out: dict[int, np.ndarray] = {}
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        for i, frame in enumerate(container.decode(stream)):
+            if i in wanted:
+                out[i] = rotate_upright(frame_to_rgb(frame), rotation_degrees)
+            if i >= max(wanted):
+                break
+    return out
+
+
+def pyav_serve_check(path: str, plans: list) -> dict[str, object]:
+    """Execute ``plans`` (``ClipPlan``) with the PyAV executor and compare with a sequential decode.
+
+    Returns ``{'problems': [...], 'clip_shapes': [...], 'frame_shape': (H, W, 3)}``; no problems
+    means: ``execute_plan`` gave ``(ρ, C, T, S, S)`` uint8 equal to ``augment_clip`` of the clip
+    regions, every region equals the crop of the reference frames, and ``decode_frames`` equals the
+    reference frames.
+    """
+    from clipserve.executors.augment import augment_clip
+    from clipserve.executors.pyav import decode_clip_regions, decode_frames, execute_plan
+
+    problems: list[str] = []
+    shapes: list[tuple[int, ...]] = []
+    frame_shape: tuple[int, ...] = ()
+    for plan in plans:
+        indices = sorted(set(plan.all_frame_indices))
+        reference = reference_frames(path, indices, plan.rotation_degrees)
+        missing = [i for i in indices if i not in reference]
+        if missing:
+            problems.append(f"epoch {plan.epoch}: the sequential decode has no frames {missing}")
+            continue
+        clips = execute_plan(path, plan)
+        shapes.append(tuple(clips.shape))
+        size = plan.clips[0].augment.output_size_pixels
+        expected_shape = (len(plan.clips), 3, len(plan.clips[0].frame_indices), size, size)
+        if clips.shape != expected_shape or clips.dtype != np.uint8:
+            problems.append(f"epoch {plan.epoch}: clips {clips.shape} {clips.dtype}, expected {expected_shape} uint8")
+        regions = decode_clip_regions(path, plan)
+        for c, (clip, region) in enumerate(zip(plan.clips, regions)):
+            a = clip.augment
+            expected = np.stack([reference[i][a.crop_top_pixels : a.crop_top_pixels + a.crop_height_pixels,
+                                              a.crop_left_pixels : a.crop_left_pixels + a.crop_width_pixels]
+                                 for i in clip.frame_indices])
+            if region.shape != expected.shape or not np.array_equal(region, expected):
+                problems.append(f"epoch {plan.epoch} clip {c}: crop region differs from the sequential decode")
+            elif not np.array_equal(augment_clip(region, a), clips[c]):
+                problems.append(f"epoch {plan.epoch} clip {c}: clip differs from augment_clip of its region")
+        frames = decode_frames(path, indices, rotation_degrees=plan.rotation_degrees)
+        frame_shape = tuple(frames.shape[1:])
+        bad = [i for n, i in enumerate(indices) if not np.array_equal(frames[n], reference[i])]
+        if bad:
+            problems.append(f"epoch {plan.epoch}: decode_frames differs from the sequential decode at {bad}")
+    return {"problems": problems, "clip_shapes": shapes, "frame_shape": frame_shape}
+
+
+def pyav_failure_check(path: str, frame_indices: list[int], plan: object | None = None) -> list[str]:
+    """Outcomes of ``decode_frames(path, frame_indices)`` and, given a plan, ``execute_plan``: each
+    'ok <shape>', 'DecodeError: <message>' or 'UNEXPECTED <type>: <message>' (anything else raised)."""
+    from clipserve.errors import DecodeError
+    from clipserve.executors.pyav import decode_frames, execute_plan
+
+    outcomes: list[str] = []
+    calls = [lambda: decode_frames(path, frame_indices)]
+    if plan is not None:
+        calls.append(lambda: execute_plan(path, plan))  # type: ignore[arg-type]
+    for call in calls:
+        try:
+            outcomes.append(f"ok {tuple(call().shape)}")
+        except DecodeError as error:
+            outcomes.append(f"DecodeError: {error}")
+        except Exception as error:  # the contract says only DecodeError: report, do not raise
+            outcomes.append(f"UNEXPECTED {type(error).__name__}: {error}")
+    return outcomes
+
+
+def dali_check(paths: list[str], plans: list, device: str = "cpu") -> dict[str, object]:
+    """Run ``DaliExecutor(device).execute_batch`` over ``paths`` twice (the second run shows that a
+    failure left the executor usable) and compare with the PyAV executor's clips.
+
+    Returns ``{'shape': ..., 'failures': {position: reason}, 'mean_abs_diff': {position: float},
+    'second_run_failures': {position: reason}}`` (differences for the positions both executors served).
+    """
+    from clipserve.errors import DecodeError
+    from clipserve.executors.dali import DaliExecutor
+    from clipserve.executors.pyav import execute_plan
+
+    with DaliExecutor(device, batch_size=4, num_threads=1) as executor:  # type: ignore[arg-type]
+        clips, failures = executor.execute_batch([Path(p) for p in paths], plans)
+        _, second_failures = executor.execute_batch([Path(p) for p in paths], plans)
+    if device == "gpu":
+        clips = clips.cpu().numpy()
+    differences: dict[int, float] = {}
+    for b, (path, plan) in enumerate(zip(paths, plans)):
+        if b in failures:
+            continue
+        try:
+            expected = execute_plan(path, plan)
+        except DecodeError:
+            continue
+        differences[b] = float(np.abs(clips[b].astype(np.int16) - expected.astype(np.int16)).mean())
+    return {"shape": tuple(clips.shape), "failures": dict(failures), "mean_abs_diff": differences,
+            "second_run_failures": dict(second_failures)}

@@ -150,7 +150,7 @@ def stop_service(process: subprocess.Popen[bytes], timeout_seconds: float = 30.0
     status = process.poll()
     leftovers = False
     commands: list[str] = []
-    deadline = time.monotonic() + 5.0  # a multiprocessing forkserver exits just after its parent
+    deadline = time.monotonic() + 15.0  # a multiprocessing forkserver exits just after its parent
     while True:
         try:
             os.killpg(process.pid, 0)

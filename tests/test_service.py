@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -227,20 +228,30 @@ def test_rest_over_http_plan_png_and_4xx(service, config, index) -> None:  # noq
         assert service.get(path).status_code == status, path
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium not installed (CI's .ci/run installs it)")
-def test_page_lists_videos_in_headless_chromium(service, index, tmp_path: Path) -> None:  # noqa: ANN001
-    profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)
+def _chromium_dom(url: str, profile_parent: Path) -> str:
+    profile = tempfile.mkdtemp(prefix="chromium-", dir=profile_parent)  # a fresh profile each time
     command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                "--no-first-run", "--no-default-browser-check", f"--user-data-dir={profile}",
-               "--virtual-time-budget=10000", "--dump-dom", service.url + "/"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=90)
-    dom = result.stdout
-    assert 'id="video-list"' in dom, result.stderr[-2000:]
+               "--virtual-time-budget=15000", "--dump-dom", url]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert 'id="video-list"' in result.stdout, result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (CI's .ci/run installs it)")
+def test_page_lists_videos_and_shows_a_plan_in_headless_chromium(service, index, tmp_path: Path) -> None:  # noqa: ANN001
+    # the page's script runs: it fetches /v1/info and /v1/videos, then (from the #fragment)
+    # selects video 1 at epoch 4 and loads its plan, record and contact sheet
+    dom = _chromium_dom(service.url + "/#video=1&epoch=4", tmp_path)
     assert dom.count("<li data-index=") == len(index.records), dom[-3000:]
     for record in index.records:
         assert record.relative_path.replace("&", "&amp;") in dom
     assert "6 videos" in dom and "backend pyav" in dom
+    assert '<li data-index="1" class="selected">' in dom
+    assert '"video_index": 1,' in dom and '"epoch": 4,' in dom and '"frame_indices": [' in dom
+    sheet = re.search(r'<img id="sheet"[^>]*>', dom).group(0)
+    assert 'src="/v1/videos/1/clips.png?epoch=4' in sheet and "hidden" not in sheet  # the PNG loaded
 
 
 @pytest.mark.slow

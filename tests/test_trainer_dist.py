@@ -18,7 +18,8 @@ from torch import nn
 
 from trainer.checkpoint import load_checkpoint
 from trainer.dist import AllReduceBatchNorm
-from trainer.objectives import NTXentLoss, SwaVLoss, sinkhorn
+from trainer.backbones import TinyVideoCNN  # imported here so the forked ranks inherit it
+from trainer.objectives import MoCo, NTXentLoss, SwaVLoss, sinkhorn
 
 WORLD, B, RHO, K, D = 2, 3, 3, 5, 8
 REPO = Path(__file__).resolve().parents[1]
@@ -52,9 +53,6 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         y = bn(x)
         (y * inp["bn_w"][mine]).sum().backward()
         out["bn_y"], out["bn_grad"], out["bn_mean"], out["bn_var"] = y.detach(), x.grad, bn.running_mean, bn.running_var
-
-        from trainer.backbones import TinyVideoCNN
-        from trainer.objectives import MoCo
 
         torch.manual_seed(0)
         moco = MoCo(TinyVideoCNN(width=4), 16, hidden_dim=8, output_dim=4, queue_size=8).eval()  # eval: BN uses running stats

@@ -10,10 +10,11 @@
 
 from __future__ import annotations
 
-from torch import nn
 import torch
-from torchvision.models import video as tv_video
-from torchvision.models.video.resnet import Bottleneck, Conv3DNoTemporal
+from torch import nn
+
+# torchvision is imported inside the builders that need it: the tiny backbone (tests, CPU demos,
+# every torchrun rank) then starts without paying for it.
 
 BACKBONES = ("tiny", "r3d_18", "r2plus1d_18", "mvit_v2_s", "slow_r50")
 
@@ -86,7 +87,9 @@ class SlowR50(nn.Module):
                 nn.init.constant_(m.bias, 0)
 
     def _make_stage(self, planes: int, blocks: int, stride: int, temporal_kernel: int) -> nn.Sequential:
-        out_planes = planes * Bottleneck.expansion
+        from torchvision.models.video.resnet import Bottleneck, Conv3DNoTemporal
+
+        out_planes = planes * Bottleneck.expansion  # 4
         layers = []
         for i in range(blocks):
             downsample = None
@@ -126,7 +129,9 @@ class MViTV2S(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.model = tv_video.mvit_v2_s(weights=None)
+        from torchvision.models.video import mvit_v2_s
+
+        self.model = mvit_v2_s(weights=None)
         self.model.head = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,6 +151,8 @@ def build_backbone(name: str) -> tuple[nn.Module, int]:
     if name == "slow_r50":
         return SlowR50(), SlowR50.feature_dim
     if name in ("r3d_18", "r2plus1d_18"):
+        from torchvision.models import video as tv_video
+
         m = getattr(tv_video, name)(weights=None)
         dim = m.fc.in_features
         m.fc = nn.Identity()

@@ -25,6 +25,7 @@ class TrainConfig:
     profile: str = "paper"  # paper (the paper's hyperparameters) | cpu (scaled down for CPU demos)
     # --- data
     server: str = ""  # clipserve URL (ClipStream), or 'synthetic' for the built-in synthetic stream
+    transport: str = "shm"  # shm (same host, zero copy) | http (any host)
     synthetic_batch_size: int = 8  # videos per batch per rank (synthetic stream only)
     synthetic_num_clips: int = 2  # ρ (synthetic stream only)
     synthetic_frames: int = 8  # T (synthetic stream only)
@@ -82,6 +83,7 @@ class TrainConfig:
             "objective": ("moco", "byol", "simclr", "swav"),
             "backbone": ("tiny", "r3d_18", "r2plus1d_18", "mvit_v2_s", "slow_r50"),
             "profile": ("paper", "cpu"),
+            "transport": ("shm", "http"),
             "optimizer": ("sgd", "lars"),
             "loss_reduction": ("mean", "sum"),
             "moco_positives": ("eq1", "per_positive"),

@@ -146,14 +146,11 @@ def _convert_all_reduce_bn(module: nn.Module) -> nn.Module:
         out = AllReduceBatchNorm(
             module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
         )
-        if module.affine:
-            with torch.no_grad():
-                out.weight.copy_(module.weight)
-                out.bias.copy_(module.bias)
+        if module.affine:  # the same Parameter objects: requires_grad (frozen momentum encoders) is kept
+            out.weight, out.bias = module.weight, module.bias
         if module.track_running_stats:
-            out.running_mean.copy_(module.running_mean)
-            out.running_var.copy_(module.running_var)
-            out.num_batches_tracked.copy_(module.num_batches_tracked)
+            out.running_mean, out.running_var = module.running_mean, module.running_var
+            out.num_batches_tracked = module.num_batches_tracked
         out.train(module.training)
     for name, child in module.named_children():
         out.add_module(name, _convert_all_reduce_bn(child))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import sys
@@ -60,12 +61,28 @@ def make_source(config: TrainConfig, rank: int, world_size: int) -> Any:
             frames=config.synthetic_frames, size_pixels=config.synthetic_size_pixels,
             num_videos=config.synthetic_num_videos, seed=config.seed, rank=rank, world_size=world_size,
         )
-    return open_clip_stream(config.server, rank=rank, world_size=world_size)
+    return open_clip_stream(config.server, rank=rank, world_size=world_size, transport=config.transport)
 
 
 def train(config: TrainConfig, batches: Iterable | None = None) -> TrainResult:
-    """Train ``config.objective`` on ``batches`` (default: :func:`make_source`) until
-    ``config.max_steps`` or the end of the iterable; checkpoint to ``config.checkpoint_dir``."""
+    """Train ``config.objective`` on ``batches`` (default: :func:`make_source`, closed at the end)
+    until ``config.max_steps`` or the end of the iterable; checkpoint to ``config.checkpoint_dir``.
+
+    ``batches`` yields objects with ``clips`` (B, ρ, C, T, H, W) uint8, ``epoch`` and ``step``; if it
+    has ``state_dict()``/``load_state_dict()`` its position is checkpointed and restored on resume.
+    """
+    if batches is not None:
+        return _train(config, batches)
+    ctx = tdist.init_from_env(config.device)
+    source = make_source(config, ctx.rank, ctx.world_size)
+    try:
+        return _train(config, source)
+    finally:
+        if hasattr(source, "close"):
+            source.close()
+
+
+def _train(config: TrainConfig, source: Iterable) -> TrainResult:
     # -------------------------------------------------------------- system and distributed
     ctx = tdist.init_from_env(config.device)
     device, is_main = ctx.device, ctx.rank == 0
@@ -81,13 +98,18 @@ def train(config: TrainConfig, batches: Iterable | None = None) -> TrainResult:
         if len(saved) != ctx.world_size:
             log(f"note: checkpoint has {len(saved)} ranks, resuming with {ctx.world_size}: rank 0's buffers/RNG for all")
         per_rank = saved[ctx.rank] if ctx.rank < len(saved) else saved[0]
+        changed = {k: v for k, v in dataclasses.asdict(config).items() if k != "resume" and checkpoint["config"].get(k) != v}
+        if changed:
+            log(f"note: resuming with settings that differ from the checkpoint's: {changed}")
 
     # -------------------------------------------------------------- data
-    source = batches if batches is not None else make_source(config, ctx.rank, ctx.world_size)
     if per_rank is not None and per_rank["stream"] is not None:
         if not hasattr(source, "load_state_dict"):
             raise ConfigError("resuming needs a batch source with load_state_dict() (the saved stream position)")
-        source.load_state_dict(per_rank["stream"])
+        stream_state = per_rank["stream"]
+        if len(checkpoint["per_rank"]) != ctx.world_size:  # other world size: keep only the position
+            stream_state = {"epoch": stream_state["epoch"], "step": stream_state["step"]}
+        source.load_state_dict(stream_state)
     batch_iter = iter(source)
     wait_start = time.perf_counter()
     batch = next(batch_iter, None)
@@ -95,6 +117,8 @@ def train(config: TrainConfig, batches: Iterable | None = None) -> TrainResult:
     if batch is None:
         raise ConfigError("the batch source produced no batches")
     num_clips = batch.clips.shape[1]  # ρ, fixed by the service
+    if checkpoint is not None and checkpoint["num_clips"] != num_clips:
+        raise ConfigError(f"the checkpoint was trained with ρ={checkpoint['num_clips']} clips per video, the stream has ρ={num_clips}")
 
     # -------------------------------------------------------------- model and optimizer
     torch.manual_seed(config.seed)  # identical init on every rank
@@ -114,9 +138,11 @@ def train(config: TrainConfig, batches: Iterable | None = None) -> TrainResult:
         optimizer.load_state_dict(checkpoint["optimizer"])
         start_step = int(checkpoint["step"])
     if ctx.world_size > 1:
-        # broadcast_buffers=False: MoCo/SwAV queues and non-synced BN statistics are per rank.
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                        broadcast_buffers=False)
+        # No buffer sync in forward: MoCo/SwAV queues and non-synced BN statistics are per rank. (DDP's
+        # initial sync copies rank 0's buffers; each rank's saved buffers are restored just below.)
+        no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                          else {"broadcast_buffers": False})  # torch >= 2.14 deprecates broadcast_buffers
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
     if per_rank is not None:  # after DDP's initial broadcast of rank 0's state
         with torch.no_grad():
             buffers = dict(raw_model.named_buffers())
@@ -140,7 +166,7 @@ def train(config: TrainConfig, batches: Iterable | None = None) -> TrainResult:
         return warmup_cosine_lr(step, config.max_steps, base_lr=config.base_lr * lr_scale, warmup_steps=warmup_steps,
                                 warmup_start_lr=config.warmup_start_lr * lr_scale, final_lr=config.final_lr * lr_scale)
 
-    last_position: dict[str, int] | None = checkpoint["per_rank"][0].get("last_batch") if checkpoint else None
+    last_position: dict[str, int] | None = per_rank.get("last_batch") if per_rank is not None else None
 
     def save(step: int) -> Path | None:
         """All ranks contribute their buffers / RNG / stream position; rank 0 writes."""
@@ -257,7 +283,5 @@ def train(config: TrainConfig, batches: Iterable | None = None) -> TrainResult:
         metrics_file.close()
     if writer is not None:
         writer.close()
-    if hasattr(source, "close") and batches is None:
-        source.close()
     result.final_step = step
     return result

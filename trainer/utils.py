@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -65,6 +66,8 @@ def normalize_clips(clips: torch.Tensor, device: torch.device | str) -> torch.Te
     The copy to ``device`` happens before the conversion (4x fewer bytes over PCIe), and the
     result is always a new tensor, so the source (e.g. a shared-memory slot) may be reused after.
     """
+    if not isinstance(clips, torch.Tensor):  # e.g. a NumPy array from an in-process producer
+        clips = torch.from_numpy(np.ascontiguousarray(clips))
     if clips.dtype != torch.uint8:
         raise TypeError(f"clips must be uint8 (B, ρ, C, T, H, W), got {clips.dtype}")
     if clips.dim() != 6:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
@@ -23,6 +23,9 @@ from clipserve.api.routers import consumers, health, info, metrics, page, stats,
 from clipserve.service import ServiceState
 from clipserve.settings import ServiceConfig
 
+if TYPE_CHECKING:
+    from clipserve.datasets.index import VideoIndex
+
 
 def _operation_id(route: APIRoute) -> str:
     tag = route.tags[0] if route.tags else "default"
@@ -32,7 +35,7 @@ def _operation_id(route: APIRoute) -> str:
 def create_app(
     config: ServiceConfig,
     *,
-    index: Any | None = None,
+    index: VideoIndex | None = None,
     state_factory: Callable[[], ServiceState] | None = None,
 ) -> FastAPI:
     """Build the control-plane app.

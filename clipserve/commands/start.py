@@ -40,7 +40,9 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--min-span-seconds", "min_span_seconds", float, "smallest distance between first and last clip start (seconds)"),
     ("--crop-size", "crop_size_pixels", int, "height and width of every output frame (pixels)"),
     ("--batch-size", "batch_size", int, "B, videos per batch (videos)"),
-    ("--workers", "workers", int, "decode worker processes per consumer (processes); unset: CPU cores"),
+    ("--workers", "workers", int,
+     "decode worker processes (processes), split across the ranks of a job: each of W ranks gets "
+     "ceil(workers/W); unset: CPU cores"),
     ("--prefetch-batches", "prefetch_batches", int, "batches decoded ahead = ring slots per consumer (batches)"),
     ("--seed", "seed", int, "seed of the plans and of the epoch order"),
     ("--shard-id", "shard_id", int, "this node's shard of every epoch, 0..num_shards-1"),

@@ -156,6 +156,33 @@ def _looks_like_video_container(path: Path) -> bool:
     return any(head[offset : offset + len(magic)] == magic for offset, magic in _VIDEO_MAGIC)
 
 
+def _mp4_without_moov(path: Path) -> bool:
+    """True for an ISO-BMFF file (first box ``ftyp``) whose top-level boxes hold an ``mdat`` but no
+    ``moov``: reads only the 8–16 byte box headers."""
+    seen: set[bytes] = set()
+    try:
+        with open(path, "rb") as handle:
+            size_bytes = os.fstat(handle.fileno()).st_size
+            offset = 0
+            while offset + 8 <= size_bytes and len(seen) < 64:
+                handle.seek(offset)
+                header = handle.read(16)
+                box_size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+                if offset == 0 and kind != b"ftyp":
+                    return False
+                if box_size == 1 and len(header) == 16:
+                    box_size = int.from_bytes(header[8:16], "big")
+                elif box_size == 0:
+                    box_size = size_bytes - offset
+                if box_size < 8:
+                    break
+                seen.add(kind)
+                offset += box_size
+    except OSError:
+        return False
+    return b"mdat" in seen and b"moov" not in seen
+
+
 def _rotation_degrees(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
     """Counter-clockwise display rotation (0/90/180/270) of ``stream`` from its display-matrix side
     data (as FFmpeg's format dump reports it) or an old-style 'rotate' metadata tag; no decoding."""
@@ -219,6 +246,10 @@ def _probe(path: Path) -> ProbeResult:
         message = getattr(exc, "strerror", None) or str(exc)
         if isinstance(exc, (av.error.PermissionError, av.error.FileNotFoundError, av.error.IsADirectoryError)):
             return ProbeResult.broken(f"unreadable: {message}")
+        if _mp4_without_moov(path):
+            return ProbeResult.broken(
+                f"truncated: MP4 without its moov atom (the index of the samples; the file was cut before "
+                f"the muxer wrote it) ({message})")
         if _looks_like_video_container(path):
             return ProbeResult.broken(f"truncated: container header unreadable ({message})")
         return ProbeResult.broken(f"not a video: unrecognised data ({message})")
@@ -260,32 +291,46 @@ def _scan(container: av.container.InputContainer, size_bytes: int) -> ProbeResul
     durations: list[int] = []
     num_packets = 0
     past_end = False
+    last_incomplete = False
+    first_tick: int | None = None
+    end_tick: int | None = None
     try:
         for packet in container.demux(stream):
             if not packet.size:
                 continue
             num_packets += 1
-            if packet.pos is not None and packet.pos >= 0 and (
-                packet.pos + packet.size > size_bytes
-                # a packet the demuxer could only read in part (FFmpeg flags it corrupt): the file ends in it
-                or (packet.is_corrupt and packet.pos + packet.size >= size_bytes)
-            ):
-                past_end = True
+            if packet.pos is not None and packet.pos >= 0:
+                if packet.pos + packet.size > size_bytes:
+                    past_end = True
+                elif packet.is_corrupt and packet.pos + packet.size >= size_bytes:
+                    # the demuxer could read only part of this packet (FFmpeg flags it corrupt): the file ends in it
+                    past_end = last_incomplete = True
             if packet.is_discard:
                 continue
             if packet.is_keyframe:
                 sizes.check(packet)
+            ticks = [t for t in (packet.pts, packet.dts) if t is not None]
+            if ticks:
+                first_tick = min(ticks) if first_tick is None else min(first_tick, *ticks)
+                tick_end = max(ticks) + max(1, int(packet.duration or 0))
+                end_tick = tick_end if end_tick is None else max(end_tick, tick_end)
             pts_list.append(packet.pts if packet.pts is not None else _MISSING)
             dts_list.append(packet.dts)
             key_list.append(bool(packet.is_keyframe))
             durations.append(int(packet.duration or 0))
     except av.error.FFmpegError as exc:
         return ProbeResult.broken(f"corrupt: demuxing failed after {num_packets} packets ({exc})", **fields)
-    # MP4 sample tables are exact; other headers (AVI) may be off by a frame or two
+    # MP4 sample tables are exact and count samples; other headers (AVI) may be off by a frame or two,
+    # and AVI's length counts time-base ticks (one per frame only when the time base is 1/fps: a
+    # stream copied from MP4 keeps e.g. 1/600 and its length is then 20 ticks per frame)
     slack = 0 if format_name.startswith("mov") else max(2, header_frames // 100)
-    if past_end or (header_frames > 0 and num_packets < header_frames - slack):
+    covered = num_packets
+    if not format_name.startswith("mov") and first_tick is not None and end_tick is not None:
+        covered = max(num_packets, end_tick - first_tick)
+    if past_end or (header_frames > 0 and covered < header_frames - slack):
         return ProbeResult.broken(
-            f"truncated: the file ends inside the data ({num_packets} of {header_frames or '?'} packets readable)",
+            f"truncated: the file ends inside the data ({num_packets} of {header_frames or '?'} packets readable"
+            f"{', the last one incomplete' if last_incomplete else ''})",
             **fields,
         )
     if not pts_list:

@@ -180,8 +180,6 @@ def augment_clip(region: np.ndarray, params: AugmentParams) -> np.ndarray:
     if sigmas is not None:
         sx, sy = sigmas
         ksize = (blur_kernel_size_pixels(sx, s), blur_kernel_size_pixels(sy, s))
-        if not frames.flags.writeable or frames.base is region:
-            frames = frames.copy()
         for i in range(t):
             cv2.GaussianBlur(frames[i], ksize, sigmaX=sx, sigmaY=sy, dst=frames[i], borderType=cv2.BORDER_REFLECT_101)
     planar = frames.transpose(3, 0, 1, 2)  # (C, T, S, S) view

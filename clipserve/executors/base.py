@@ -37,6 +37,9 @@ from clipserve.plan_models import ClipPlan
 
 logger = logging.getLogger(__name__)
 
+_WORKER_MODULES = ["clipserve.executors.base", "clipserve.executors.pyav", "clipserve.executors.augment"]
+"""Modules every worker needs (preloaded by the fork server)."""
+
 _MAX_STARTUP_DEATHS = 8
 """Consecutive workers dying before finishing any task after which the executor gives up."""
 
@@ -167,6 +170,10 @@ class PyAVBatchExecutor:
         if tasks_per_worker < 1:
             raise ValueError(f"tasks_per_worker ({tasks_per_worker}) must be >= 1")
         self._ctx = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            # import the decoder once in the fork server, so (re)starting a worker is a cheap fork;
+            # only takes effect if this process's fork server is not running yet
+            self._ctx.set_forkserver_preload(_WORKER_MODULES)
         self._tasks_per_worker = tasks_per_worker
         self._task_timeout_seconds = task_timeout_seconds
         self._ids = itertools.count()
@@ -198,8 +205,11 @@ class PyAVBatchExecutor:
 
     # ----- submitting ------------------------------------------------------------------------------
 
-    def submit(self, path: str | Path, plan: ClipPlan) -> "Future[VideoResult]":
-        """Queue one video; the future resolves to a ``VideoResult`` (never raises for bad input)."""
+    def submit(self, path: str | Path, plan: ClipPlan, *, urgent: bool = False) -> "Future[VideoResult]":
+        """Queue one video; the future resolves to a ``VideoResult`` (never raises for bad input).
+
+        ``urgent``: queue it ahead of everything not yet handed to a worker (substitutes, which a
+        batch already waits for)."""
         future: Future[VideoResult] = Future()
         with self._lock:
             if self._closed:
@@ -207,7 +217,11 @@ class PyAVBatchExecutor:
             if self._broken_reason is not None:
                 future.set_result(VideoResult(None, f"executor broken: {self._broken_reason}"))
                 return future
-            self._pending.append(_Task(next(self._ids), str(path), plan, future))
+            task = _Task(next(self._ids), str(path), plan, future)
+            if urgent:
+                self._pending.appendleft(task)
+            else:
+                self._pending.append(task)
         self._wake()
         return future
 
@@ -385,6 +399,8 @@ class PyAVBatchExecutor:
         self._thread.join(timeout=timeout_seconds)
         leftovers: list[_Task] = list(pending)
         for worker in self._workers:
+            if worker.outstanding:  # busy on work nobody will collect: stop it now
+                worker.process.kill()
             leftovers.extend(worker.outstanding)
             worker.outstanding.clear()
             try:

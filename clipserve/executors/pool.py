@@ -33,7 +33,7 @@ import logging
 import math
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +55,10 @@ __all__ = ["Batch", "BatchProducer", "PoolStats", "Substitution", "expected_clip
 
 _CRASH_MARKERS = ("worker process", "executor closed")
 """Failure reasons that are not a property of the file (not remembered as broken)."""
+
+
+class _ProducerClosed(Exception):
+    """Raised inside the pipeline when ``close()`` was called while a batch was being completed."""
 
 
 class IndexLike(Protocol):
@@ -298,26 +302,36 @@ class BatchProducer:
 
     def _iterate(self, generation: int, epoch: int, step: int) -> Iterator[Batch]:
         inflight = self._inflight
-        next_epoch, next_step = epoch, step
-        while True:
+        upcoming = self._positions(epoch, step)
+
+        def top_up() -> None:  # keep exactly prefetch_batches batches in flight
             while len(inflight) < self.prefetch_batches:
-                inflight.append(self._submit(next_epoch, next_step))
-                next_step += 1
-                if next_step == self.steps_per_epoch:
-                    next_epoch, next_step = next_epoch + 1, 0
-            batch = self._complete(inflight[0])
+                inflight.append(self._submit(*next(upcoming)))
+
+        while True:
+            top_up()
+            try:
+                batch = self._complete(inflight[0])
+            except (_ProducerClosed, CancelledError):
+                if self._closed or generation != self._generation:
+                    return
+                raise
             if generation != self._generation:
                 return
             inflight.popleft()
-            while len(inflight) < self.prefetch_batches:
-                inflight.append(self._submit(next_epoch, next_step))
-                next_step += 1
-                if next_step == self.steps_per_epoch:
-                    next_epoch, next_step = next_epoch + 1, 0
+            top_up()
             self._counts["batches_delivered"] += 1
             yield batch
             if generation != self._generation:
                 return
+
+    def _positions(self, epoch: int, step: int) -> Iterator[tuple[int, int]]:
+        """(epoch, step) from the given one on, forever."""
+        while True:
+            yield epoch, step
+            step += 1
+            if step == self.steps_per_epoch:
+                epoch, step = epoch + 1, 0
 
     def _submit(self, epoch: int, step: int) -> _PendingBatch:
         order = self.order(epoch)
@@ -346,10 +360,10 @@ class BatchProducer:
     def _path(self, video_index: int) -> Path:
         return Path(self.index.root) / self.index.records[video_index].relative_path
 
-    def _start(self, slot: _Slot) -> None:
+    def _start(self, slot: _Slot, *, urgent: bool = False) -> None:
         assert self._pyav is not None
         self._counts["videos_submitted"] += 1
-        slot.future = self._pyav.submit(self._path(slot.video_index), slot.plan)
+        slot.future = self._pyav.submit(self._path(slot.video_index), slot.plan, urgent=urgent)
 
     def _timed_execute(self, paths: list[Path], plans: list[ClipPlan]) -> tuple[Any, dict[int, str]]:
         started = time.perf_counter()
@@ -385,6 +399,8 @@ class BatchProducer:
     def _absorb(self, pending: _PendingBatch, slot: _Slot) -> None:
         """Take a finished future's result; on failure, substitute and resubmit."""
         assert slot.future is not None
+        if self._closed or slot.future.cancelled():
+            raise _ProducerClosed()
         result: VideoResult = slot.future.result()
         self._seconds["decode"] += result.decode_seconds
         self._seconds["augment"] += result.augment_seconds
@@ -397,7 +413,7 @@ class BatchProducer:
         self._substitute(pending, slot, result.failure_reason or "unknown failure")
         while slot.video_index in self._known_bad:
             self._substitute(pending, slot, self._known_bad[slot.video_index], remember=False)
-        self._start(slot)
+        self._start(slot, urgent=True)
 
     def _service(self) -> None:
         """Resubmit substitutes for failures already known in any in-flight batch (non-blocking)."""
@@ -412,6 +428,8 @@ class BatchProducer:
         if pending.future is not None:
             return self._complete_generic(pending)
         while True:
+            if self._closed:
+                raise _ProducerClosed()
             self._service()
             waiting = [s.future for s in pending.slots if s.result is None and s.future is not None]
             if not waiting:
@@ -434,6 +452,8 @@ class BatchProducer:
     def _complete_generic(self, pending: _PendingBatch) -> Batch:
         assert pending.future is not None
         started = time.perf_counter()
+        if self._closed or pending.future.cancelled():
+            raise _ProducerClosed()
         clips, failures = pending.future.result()
         self._seconds["wait"] += time.perf_counter() - started
         self._counts["videos_decoded"] += len(pending.slots) - len(failures)

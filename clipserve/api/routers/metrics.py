@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from clipserve.api.schemas import StatsPublic
 
 router = APIRouter(tags=["metrics"])
 
@@ -17,15 +22,14 @@ def get_metrics(request: Request) -> Response:
 class ServiceCollector:
     """Reads ``ServiceState.stats()`` at scrape time (registered on the app's own registry)."""
 
-    def __init__(self, stats_fn) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, stats_fn: Callable[[], StatsPublic]) -> None:
         self._stats_fn = stats_fn
 
-    def describe(self) -> list:  # no metrics at registration time: collect() needs a running service
+    def describe(self) -> list[Metric]:
+        """Nothing to pre-register (the registry is private to one app, so no name clashes)."""
         return []
 
-    def collect(self):  # type: ignore[no-untyped-def]
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
+    def collect(self) -> Iterator[Metric]:
         stats = self._stats_fn()
         yield GaugeMetricFamily("clipserve_uptime_seconds", "Seconds since the service started.", stats.uptime_seconds)
         for name, value, doc in (

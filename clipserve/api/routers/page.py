@@ -2,6 +2,7 @@
 
 No external resources (no CDN, no fonts): the page talks only to this service's own JSON API.
 When the service has a token, open the page as ``/?token=...``; the page sends it along.
+``/#video=N&epoch=E`` opens video N's plan and contact sheet directly (links are shareable).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ INDEX_HTML = """<!doctype html>
       <button id="show" type="button">show</button>
       <span id="status"></span>
     </div>
-    <img id="sheet" alt="contact sheet: one row per clip">
+    <img id="sheet" alt="contact sheet: one row per clip" hidden>
     <h3>plan</h3>
     <pre id="plan"></pre>
     <h3>index record</h3>
@@ -153,8 +154,9 @@ async function show() {
     }
     document.getElementById("record").textContent = JSON.stringify(rec, null, 1);
     const img = document.getElementById("sheet");
-    img.onload = () => setStatus("", false);
-    img.onerror = () => setStatus("contact sheet failed (see the server log)", true);
+    img.onload = () => { img.hidden = false; setStatus("", false); };
+    img.onerror = () => { img.hidden = true; setStatus("contact sheet failed (see the server log)", true); };
+    history.replaceState(null, "", "#video=" + selected + "&epoch=" + encodeURIComponent(epoch));
     img.src = withToken("/v1/videos/" + selected + "/clips.png" + query);
   } catch (err) {
     setStatus(err.message, true);
@@ -164,7 +166,18 @@ document.getElementById("prev").addEventListener("click", () => { offset = Math.
 document.getElementById("next").addEventListener("click", () => { if (offset + PAGE_SIZE < total) { offset += PAGE_SIZE; loadPage(); } });
 document.getElementById("show").addEventListener("click", show);
 document.getElementById("epoch").addEventListener("change", show);
-loadInfo().then(loadPage);
+function fromHash() {
+  const params = new URLSearchParams(window.location.hash.slice(1));
+  const video = params.get("video");
+  if (params.get("epoch") !== null) document.getElementById("epoch").value = params.get("epoch");
+  if (video !== null && /^[0-9]+$/.test(video)) {
+    offset = Math.floor(Number(video) / PAGE_SIZE) * PAGE_SIZE;
+    return Number(video);
+  }
+  return null;
+}
+const initial = fromHash();
+loadInfo().then(loadPage).then(() => { if (initial !== null) select(initial); });
 </script>
 </body>
 </html>
