@@ -148,6 +148,7 @@ def test_normalize_clips():
     x = normalize_clips(clips, "cpu")
     assert x.dtype == torch.float32 and x.shape == clips.shape
     torch.testing.assert_close(x, torch.full(x.shape, (1 - 0.45) / 0.225))
+    torch.testing.assert_close(normalize_clips(clips.numpy(), "cpu"), x)  # a NumPy batch works too
     with pytest.raises(TypeError):
         normalize_clips(clips.float(), "cpu")
 
