@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import shutil
 import warnings
 from pathlib import Path
 
@@ -296,3 +297,33 @@ def test_start_refuses_a_public_host_without_token(dataset: Path, capsys: pytest
     assert main(["start", "--root", str(dataset), "--host", "0.0.0.0", "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "not a loopback address" in err and "--token" in err
+
+
+def test_a_video_that_fails_to_decode_is_substituted_and_reported(dataset: Path, tmp_path: Path) -> None:
+    root = tmp_path / "k400"
+    shutil.copytree(dataset, root, ignore=shutil.ignore_patterns(".clipserve"))
+    index = build_index(root, dataset="k400", split="train", workers=0, progress=False,
+                        cache_path=tmp_path / "index.sqlite")
+    broken = index.path_of(3)
+    broken.write_bytes(b"\0" * broken.stat().st_size)  # indexed as fine, unreadable now
+    config = load_service_config({"root": root, **SERVICE_SETTINGS})
+    with TestClient(create_app(config, index=index)) as client:
+        attached = client.post("/v1/consumers", json={"transport": "http"})
+        assert attached.status_code == 201, attached.text
+        consumer_id = attached.json()["consumer_id"]
+        assert attached.json()["steps_per_epoch"] == 3
+        channel = client.app.state.service.session(consumer_id).channel
+        batches = [channel.get(timeout_seconds=60) for _ in range(3)]  # epoch 0: every video once
+        assert all(b is not None for b in batches)
+        assert 3 not in {int(v) for b in batches for v in b.video_index}
+        stats = client.get("/v1/stats").json()
+        (sub,) = stats["recent_substitutions"]
+        assert sub["video_index"] == 3 and sub["relative_path"] == index.records[3].relative_path
+        assert sub["reason"] and sub["substitute_video_index"] != 3 and sub["epoch"] == 0
+        assert stats["decode_errors_total"] == 1 and stats["substitutions_total"] == 1
+        (consumer,) = stats["consumers"]
+        assert consumer["consumer_id"] == consumer_id and consumer["transport"] == "http"
+        assert "clipserve_decode_errors_total 1.0" in client.get("/metrics").text
+        assert client.delete(f"/v1/consumers/{consumer_id}").status_code == 204
+        assert client.get("/v1/stats").json()["consumers"] == []
+        assert client.get("/v1/stats").json()["decode_errors_total"] == 1  # kept after detach

@@ -62,7 +62,6 @@ CASES = sorted(EXPECTED_OUTCOMES)
 OK_CASES = [name for name in CASES if EXPECTED_OUTCOMES[name] == "ok"]
 BROKEN_CASES = [name for name in CASES if EXPECTED_OUTCOMES[name] != "ok"]
 VP9_OK_CASES = ["odd_17x9_vp9", "vp9", "vp9_444"]
-FULL_SIZE_CASES = ("odd_17x9_h264_444", "odd_17x9_vp9", "tiny_2x2", "h264_10bit", "h264_444", "vp9_444")
 
 
 # ----------------------------------------------------------------------------- isolation
