@@ -316,14 +316,16 @@ def test_a_video_that_fails_to_decode_is_substituted_and_reported(dataset: Path,
         batches = [channel.get(timeout_seconds=60) for _ in range(3)]  # epoch 0: every video once
         assert all(b is not None for b in batches)
         assert 3 not in {int(v) for b in batches for v in b.video_index}
-        stats = client.get("/v1/stats").json()
-        (sub,) = stats["recent_substitutions"]
+        stats = client.get("/v1/stats").json()  # (the feeder may already be into epoch 1)
+        (sub,) = [s for s in stats["recent_substitutions"] if s["epoch"] == 0]
         assert sub["video_index"] == 3 and sub["relative_path"] == index.records[3].relative_path
-        assert sub["reason"] and sub["substitute_video_index"] != 3 and sub["epoch"] == 0
-        assert stats["decode_errors_total"] == 1 and stats["substitutions_total"] == 1
+        assert "Invalid data" in sub["reason"] and sub["substitute_video_index"] != 3
+        assert stats["decode_errors_total"] >= 1 and stats["substitutions_total"] >= 1
         (consumer,) = stats["consumers"]
         assert consumer["consumer_id"] == consumer_id and consumer["transport"] == "http"
-        assert "clipserve_decode_errors_total 1.0" in client.get("/metrics").text
+        metrics = dict(line.rsplit(" ", 1) for line in client.get("/metrics").text.splitlines() if line[:1] != "#")
+        assert float(metrics["clipserve_decode_errors_total"]) >= 1
         assert client.delete(f"/v1/consumers/{consumer_id}").status_code == 204
-        assert client.get("/v1/stats").json()["consumers"] == []
-        assert client.get("/v1/stats").json()["decode_errors_total"] == 1  # kept after detach
+        after = client.get("/v1/stats").json()
+        assert after["consumers"] == []
+        assert after["decode_errors_total"] >= stats["decode_errors_total"]  # kept after detach

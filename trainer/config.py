@@ -129,15 +129,16 @@ PRESETS: dict[str, dict[str, Any]] = {
                  sync_batchnorm=True),
 }
 
-# CPU demos: small heads and queue, no linear lr scaling; lr = PySlowFast's per-machine BASE_LR
-# (the value before its ×NUM_SHARDS scaling: 0.05 MoCo, 0.6 BYOL / SimCLR / SwAV).
+# CPU demos (batches of ~8-16 videos on one machine): small heads and queue, no linear lr scaling,
+# and SGD for every objective: LARS (trust 0.001) is meant for 512-video batches; at 16 videos its
+# steps are too small to learn in a CPU budget. Checked on the synthetic stream (tiny backbone,
+# B=16, ρ=2, 80 steps): kNN top-1 from 0.46 (random init) to 1.0 for all four objectives.
+_CPU_COMMON: dict[str, Any] = dict(optimizer="sgd", reference_batch_size=0, warmup_start_lr=0.0, warmup_fraction=0.05)
 CPU_PROFILE: dict[str, dict[str, Any]] = {
-    "moco": dict(base_lr=0.05, reference_batch_size=0, warmup_start_lr=0.0, warmup_fraction=0.05, mlp_hidden_dim=256,
-                 moco_queue_size=4096),
-    "byol": dict(base_lr=0.6, reference_batch_size=0, warmup_start_lr=0.0, warmup_fraction=0.05, mlp_hidden_dim=512),
-    "simclr": dict(base_lr=0.6, reference_batch_size=0, warmup_start_lr=0.0, warmup_fraction=0.05, mlp_hidden_dim=256),
-    "swav": dict(base_lr=0.6, reference_batch_size=0, warmup_start_lr=0.0, warmup_fraction=0.05, mlp_hidden_dim=256,
-                 swav_num_prototypes=100),
+    "moco": dict(_CPU_COMMON, base_lr=0.05, mlp_hidden_dim=256, moco_queue_size=4096),
+    "byol": dict(_CPU_COMMON, base_lr=0.1, mlp_hidden_dim=512),
+    "simclr": dict(_CPU_COMMON, base_lr=0.1, mlp_hidden_dim=256),
+    "swav": dict(_CPU_COMMON, base_lr=0.1, mlp_hidden_dim=256, swav_num_prototypes=100),
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
