@@ -236,6 +236,29 @@ def measure(method: str, paths: list[Path], plans: list, processes: int, augment
     }
 
 
+def measure_interleaved(methods: list[str], paths: list[Path], plans: list, augment: bool, repeats: int = 1) -> dict:
+    """One process, video after video, every method on the same video back to back (rotating the
+    order): CPU seconds per method. On a machine shared with other jobs this is the steadiest
+    comparison, since load changes hit all methods alike."""
+    _init_worker()
+    _AUGMENT["on"] = augment
+    for method in methods:  # warm-up: imports, first open
+        RUNNERS[method](paths[0], plans[0])
+    cpu = {m: 0.0 for m in methods}
+    wall = {m: 0.0 for m in methods}
+    for r in range(repeats):
+        for v, (path, plan) in enumerate(zip(paths, plans)):
+            shift = (v + r) % len(methods)
+            for method in methods[shift:] + methods[:shift]:
+                started, cpu_started = time.perf_counter(), time.process_time()
+                RUNNERS[method](path, plan)
+                cpu[method] += time.process_time() - cpu_started
+                wall[method] += time.perf_counter() - started
+    n = len(paths) * repeats
+    return {m: {"cpu_seconds": round(cpu[m], 3), "wall_seconds": round(wall[m], 3), "videos_per_cpu_second": round(n / cpu[m], 2),
+                "clips_per_cpu_second": round(n * NUM_CLIPS / cpu[m], 2)} for m in methods}
+
+
 def measure_ffmpeg_null(paths: list[Path]) -> dict | None:
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
@@ -281,7 +304,7 @@ def torchcodec_in_other_python(python: str | None, data_dir: Path, keyframe_inte
                                augment: bool) -> dict:
     """Run the torchcodec measurement in ``python`` (its own venv); a dict with 'skipped' says why not."""
     if not python:
-        return {"method": "torchcodec", "processes": processes, "skipped": "torchcodec unavailable (see above)"}
+        return {"method": "torchcodec", "processes": processes, "skipped": "torchcodec unavailable (see the '# torchcodec skipped' line)"}
     command = [python, str(Path(__file__).resolve()), "--child-torchcodec", "--data", str(data_dir), "--videos", str(num_videos),
                "--keyframe-interval", str(keyframe_interval), "--processes", str(processes)] + ([] if augment else ["--frames-only"])
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
@@ -292,6 +315,47 @@ def torchcodec_in_other_python(python: str | None, data_dir: Path, keyframe_inte
 
 
 # --- main ------------------------------------------------------------------------------------------
+
+
+def _has_torchcodec() -> bool:
+    try:
+        import torchcodec.decoders  # noqa: F401
+    except Exception:  # noqa: BLE001 (any load failure means: leave torchcodec out)
+        return False
+    return True
+
+
+def run_interleaved(args: argparse.Namespace, intervals: tuple[int, ...], num_videos: int, torchcodec_python: str | None) -> int:
+    """--interleaved: per set, one child process (the torchcodec venv's python when there is one,
+    which also sees clipserve) runs every method back to back on each video."""
+    results: dict = {"mode": "interleaved, 1 process, CPU seconds", "augment": not args.frames_only, "videos": num_videos, "sets": {}}
+    summary = []
+    for interval in intervals:
+        ensure_dataset(args.data, interval, num_videos)
+        command = [torchcodec_python or sys.executable, str(Path(__file__).resolve()), "--child-interleaved", "--data", str(args.data),
+                   "--videos", str(num_videos), "--keyframe-interval", str(interval)] + (["--frames-only"] if args.frames_only else [])
+        done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), timeout=3600)
+        if done.returncode != 0:
+            print(f"gop{interval}: interleaved run failed: {done.stderr.strip()[-500:]}")
+            return 1
+        rows = json.loads(done.stdout.strip().splitlines()[-1])
+        ours = rows["clipserve"]
+        ratios = {}
+        for peer, key in (("naive", "clips_per_cpu_second"), ("torchcodec", "clips_per_cpu_second"), ("decode_all", "videos_per_cpu_second")):
+            if peer in rows:
+                ratios[f"clipserve_vs_{peer}"] = round(ours[key] / rows[peer][key], 2)
+        for method, row in rows.items():
+            print(f"gop{interval} {method:<11} 1 process: {row['clips_per_cpu_second']:>7} clips/CPU-s {row['videos_per_cpu_second']:>6} videos/CPU-s")
+        for name, value in ratios.items():
+            print(f"gop{interval} ratio {name} (CPU time): {value}")
+        results["sets"][f"gop{interval}"] = {"rows": rows, "ratios": ratios}
+        summary.append(f"gop{interval}: " + ", ".join(f"{k.replace('clipserve_vs_', 'x')}={v}" for k, v in ratios.items()))
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json_out:
+        args.json_out.write_text(text)
+    print("SUMMARY interleaved " + ("frames only" if args.frames_only else "with augmentation") + ": " + " | ".join(summary))
+    return 0
 
 
 def main() -> int:
@@ -306,23 +370,35 @@ def main() -> int:
     parser.add_argument("--frames-only", action="store_true", help="no augmentation for any method (decode + crop only)")
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--keyframe-interval", type=int, default=None, help="only this set (default: 250 and 30)")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="one process, all methods back to back on each video (CPU seconds); steadiest on a shared machine")
     parser.add_argument("--child-torchcodec", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-interleaved", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     num_videos = 8 if args.quick else args.videos
     process_counts = [int(p) for p in args.processes.split(",")]
     intervals = (args.keyframe_interval,) if args.keyframe_interval else KEYFRAME_INTERVALS
 
+    if args.child_interleaved:
+        paths = ensure_dataset(args.data, intervals[0], num_videos)
+        methods = [m for m in METHODS if m != "torchcodec" or _has_torchcodec()]
+        print(json.dumps(measure_interleaved(methods, paths, make_plans(paths), not args.frames_only)))
+        return 0
     if args.child_torchcodec:
         paths = ensure_dataset(args.data, intervals[0], num_videos)
         print(json.dumps(measure("torchcodec", paths, make_plans(paths), process_counts[0], not args.frames_only)))
         return 0
 
     torchcodec_python = None
-    if not args.no_torchcodec:
+    if args.no_torchcodec:
+        print("# torchcodec skipped: --no-torchcodec", flush=True)
+    else:
         try:
             torchcodec_python = setup_torchcodec_venv(args.torchcodec_venv)
         except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
             print(f"# torchcodec skipped: {error}", flush=True)
+    if args.interleaved:
+        return run_interleaved(args, intervals, num_videos, torchcodec_python)
     results: dict = {"workload": {"num_clips": NUM_CLIPS, "frames_per_clip": FRAMES_PER_CLIP, "frame_stride": FRAME_STRIDE,
                                   "crop_size_pixels": CROP_SIZE_PIXELS, "augment": "none (frames only)" if args.frames_only else "aug+ defaults", "videos": num_videos,
                                   "video": f"{WIDTH_PIXELS}x{HEIGHT_PIXELS} {FPS} fps {SECONDS} s h264"},

@@ -6,10 +6,11 @@ Both sides use the same dataset, configs and number of decode workers:
   - ``service``: ``python -m clipserve start`` as a subprocess and a consumer subprocess reading
     ``ClipStream`` batches through the shared-memory ring (``--transport http`` for the HTTP stream).
 
-Each side skips ``--warmup-batches`` and then times ``--batches`` batches; the warm-up is at least
-2 × prefetch + 2 batches, because batches the service decodes while the consumer process starts
-wait in the ring and would otherwise inflate the service's rate. With ``--repeats`` > 1 the sides
-alternate and the median is reported. Target: service ≥ 97 % of in-process.
+Both sides are started once and then measured in ``--repeats`` paired windows (in-process, then
+service), so that the load of a shared machine affects both alike; the median of the per-pair
+ratios is reported. Each window skips ``--warmup-batches`` batches (at least 2 × prefetch + 2:
+what a side decoded ahead while idle waits in its ring / prefetch queue and would inflate its
+rate) and times ``--batches`` batches. Target: service ≥ 97 % of in-process.
 Prints one JSON object and a one-line summary.
 
     .venv/bin/python benchmarks/service.py [--root DIR] [--batches 30] [--workers N] [--crop-size 112]
@@ -63,26 +64,38 @@ def _ensure_dataset(root: Path | None) -> Path:
     return root
 
 
-def _in_process(root: Path, args: argparse.Namespace) -> dict[str, float]:
-    from clipserve.executors.pool import BatchProducer
-    from clipserve.settings import load_service_config
-    from clipserve.service import build_service_index
+class _InProcess:
+    """The reference: a ``BatchProducer`` iterated in this process (no transport)."""
 
-    config = load_service_config({"root": root, **_settings(args)})
-    index = build_service_index(config, progress=False)
-    with BatchProducer(index, sampling=config.sampling(), augment=config.augment(), batch_size=config.batch_size,
-                       seed=config.seed, workers=config.resolved_workers(),
-                       prefetch_batches=config.prefetch_batches) as producer:
-        batches = producer.batches(0, 0)
-        for _ in range(args.warmup_batches):
-            next(batches)
-        started = time.perf_counter()
-        clips = 0
-        for _ in range(args.batches):
-            batch = next(batches)
-            clips += batch.clips.shape[0] * batch.clips.shape[1]
-        elapsed = time.perf_counter() - started
-    return {"clips_per_second": clips / elapsed, "seconds": elapsed, "clips": clips}
+    def __init__(self, root: Path, args: argparse.Namespace) -> None:
+        from clipserve.executors.pool import BatchProducer
+        from clipserve.service import build_service_index
+        from clipserve.settings import load_service_config
+
+        config = load_service_config({"root": root, **_settings(args)})
+        index = build_service_index(config, progress=False)
+        self.producer = BatchProducer(index, sampling=config.sampling(), augment=config.augment(),
+                                      batch_size=config.batch_size, seed=config.seed,
+                                      workers=config.resolved_workers(), prefetch_batches=config.prefetch_batches)
+        self.batches = self.producer.batches(0, 0)
+
+    def window(self, warmup: int, timed: int) -> float:
+        return _timed_window(self.batches, warmup, timed)
+
+    def close(self) -> None:
+        self.producer.close()
+
+
+def _timed_window(batches: Any, warmup: int, timed: int) -> float:
+    """Skip ``warmup`` batches (what was buffered while idle), then return clips/s over ``timed``."""
+    for _ in range(warmup):
+        next(batches)
+    started = time.perf_counter()
+    clips = 0
+    for _ in range(timed):
+        batch = next(batches)
+        clips += batch.clips.shape[0] * batch.clips.shape[1]
+    return clips / (time.perf_counter() - started)
 
 
 def _start_service(root: Path, args: argparse.Namespace, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -119,46 +132,55 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def _service(root: Path, args: argparse.Namespace) -> dict[str, float]:
-    with tempfile.TemporaryDirectory(prefix="clipserve-bench-") as tmp:
-        process, url = _start_service(root, args, Path(tmp) / "service.log")
+class _Service:
+    """``clipserve start`` plus a consumer process that times windows on request (stdin/stdout)."""
+
+    def __init__(self, root: Path, args: argparse.Namespace, log_path: Path) -> None:
+        self.process, url = _start_service(root, args, log_path)
+        command = [sys.executable, str(Path(__file__).resolve()), "--consume", url, "--transport", args.transport]
+        self.consumer = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                         cwd=REPO_ROOT)
+
+    def window(self, warmup: int, timed: int) -> float:
+        assert self.consumer.stdin is not None and self.consumer.stdout is not None
+        self.consumer.stdin.write(f"{warmup} {timed}\n")
+        self.consumer.stdin.flush()
+        line = self.consumer.stdout.readline()
+        if not line:
+            raise RuntimeError("the consumer process died")
+        return float(json.loads(line)["clips_per_second"])
+
+    def close(self) -> None:
+        if self.consumer.stdin is not None:
+            self.consumer.stdin.close()
         try:
-            command = [sys.executable, str(Path(__file__).resolve()), "--consume", url, "--batches", str(args.batches),
-                       "--warmup-batches", str(args.warmup_batches), "--transport", args.transport]
-            result = subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=REPO_ROOT)
-            if result.returncode != 0:
-                raise RuntimeError(f"consumer failed:\n{result.stdout}\n{result.stderr}")
-            return json.loads(result.stdout.strip().splitlines()[-1])
-        finally:
-            _stop(process)
+            self.consumer.wait(30)
+        except subprocess.TimeoutExpired:
+            self.consumer.kill()
+        _stop(self.process)
 
 
 def _consume(url: str, args: argparse.Namespace) -> int:
-    """Consumer process: time ``--batches`` batches after ``--warmup-batches``; print JSON."""
+    """Consumer process: for each stdin line "WARMUP TIMED", time a window; print JSON per window."""
     from clipserve.client import ClipStream
 
     with ClipStream(url, transport=args.transport, timeout_seconds=300, reconnect_timeout_seconds=30) as stream:
         batches = iter(stream)
-        for _ in range(args.warmup_batches):
-            next(batches)
-        started = time.perf_counter()
-        clips = 0
-        for _ in range(args.batches):
-            batch = next(batches)
-            clips += batch.clips.shape[0] * batch.clips.shape[1]
-        elapsed = time.perf_counter() - started
-    print(json.dumps({"clips_per_second": clips / elapsed, "seconds": elapsed, "clips": clips}))
+        for line in sys.stdin:
+            warmup, timed = (int(v) for v in line.split())
+            print(json.dumps({"clips_per_second": _timed_window(batches, warmup, timed)}), flush=True)
     return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=None, help="K400-layout dataset (default: a small synthetic one)")
-    parser.add_argument("--batches", type=int, default=40, help="timed batches per side")
+    parser.add_argument("--batches", type=int, default=20, help="timed batches per window")
     parser.add_argument("--warmup-batches", type=int, default=None,
                         help="batches skipped before timing (default and minimum: 2 × prefetch + 2, so the "
                              "batches buffered in the ring while the consumer starts are drained first)")
-    parser.add_argument("--repeats", type=int, default=1, help="alternating runs per side (median reported)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="paired windows (in-process then service); the median ratio is reported")
     parser.add_argument("--transport", default="shm", choices=["shm", "http"])
     parser.add_argument("--num-clips", type=int, default=2, help="ρ")
     parser.add_argument("--frames-per-clip", type=int, default=8, help="T (frames)")
@@ -176,12 +198,20 @@ def main() -> int:
         args.workers = max(1, len(os.sched_getaffinity(0)))
 
     root = _ensure_dataset(args.root)
-    in_process, service = [], []
-    for _ in range(args.repeats):
-        in_process.append(_in_process(root, args)["clips_per_second"])
-        service.append(_service(root, args)["clips_per_second"])
+    in_process, service, ratios = [], [], []
+    with tempfile.TemporaryDirectory(prefix="clipserve-bench-") as tmp:
+        reference = _InProcess(root, args)
+        served = _Service(root, args, Path(tmp) / "service.log")
+        try:
+            for _ in range(args.repeats):  # paired windows, close in time: machine load hits both alike
+                in_process.append(reference.window(args.warmup_batches, args.batches))
+                service.append(served.window(args.warmup_batches, args.batches))
+                ratios.append(service[-1] / in_process[-1])
+        finally:
+            served.close()
+            reference.close()
     in_rate, service_rate = statistics.median(in_process), statistics.median(service)
-    ratio = service_rate / in_rate
+    ratio = statistics.median(ratios)
     result = {
         "benchmark": "service",
         "transport": args.transport,
@@ -194,6 +224,7 @@ def main() -> int:
         "service_clips_per_second": service,
         "in_process_median_clips_per_second": in_rate,
         "service_median_clips_per_second": service_rate,
+        "paired_ratios": ratios,
         "service_over_in_process": ratio,
         "target_ratio": 0.97,
         "meets_target": ratio >= 0.97,

@@ -329,3 +329,20 @@ def test_a_video_that_fails_to_decode_is_substituted_and_reported(dataset: Path,
         after = client.get("/v1/stats").json()
         assert after["consumers"] == []
         assert after["decode_errors_total"] >= stats["decode_errors_total"]  # kept after detach
+
+
+def test_shm_attach_creates_a_private_ring_and_detach_removes_it(client) -> None:  # noqa: ANN001
+    attached = client.post("/v1/consumers", json={"rank": 1, "world_size": 2, "start_epoch": 3, "start_step": 1})
+    assert attached.status_code == 201, attached.text
+    info = attached.json()
+    assert info["transport"] == "shm" and info["steps_per_epoch"] == 2  # ceil(3 videos / B=2)
+    assert (info["rank"], info["world_size"], info["start_epoch"], info["start_step"]) == (1, 2, 3, 1)
+    segment = Path("/dev/shm") / info["segment_name"]
+    assert segment.exists() and (segment.stat().st_mode & 0o777) == 0o600
+    assert info["layout"]["layout_id"] == info["layout_id"]
+    assert client.get(f"/v1/consumers/{info['consumer_id']}/batches").status_code == 409  # not an http consumer
+    (consumer,) = client.get("/v1/stats").json()["consumers"]
+    assert consumer["ring_slots_total"] == SERVICE_SETTINGS["prefetch_batches"]
+    assert client.delete(f"/v1/consumers/{info['consumer_id']}").status_code == 204
+    assert not segment.exists()
+    assert client.delete(f"/v1/consumers/{info['consumer_id']}").status_code == 404

@@ -83,6 +83,8 @@ for _ in range(count):
         time.sleep(120)   # killed by the test while holding the slot
     time.sleep(delay)
     consumer.release(message.slot)
+if mode == "linger":
+    time.sleep(120)   # stay connected after releasing; the test kills it
 consumer.close()
 print(json.dumps({"event": "done"}), flush=True)
 """
@@ -239,11 +241,13 @@ def test_producer_blocks_when_all_slots_taken(channel):
     with pytest.raises(RingFullError, match="all 3 slots taken"):
         channel.put(make_batch(0, 3), timeout_seconds=0.3)
     assert time.monotonic() - started >= 0.3
-    # A consumer that releases one slot unblocks exactly one more put.
-    consumer = start_consumer(channel.attach_info(), count=1)
+    # A consumer that releases one slot (and stays connected) unblocks exactly one more put.
+    consumer = start_consumer(channel.attach_info(), mode="linger", count=1)
     try:
         assert channel.put(make_batch(0, 3), timeout_seconds=20)
-        assert consumer.wait(timeout=20) == 0
+        assert channel.occupancy() == (3, 3) and not channel.disconnected
+        with pytest.raises(RingFullError):
+            channel.put(make_batch(0, 4), timeout_seconds=0.3)
     finally:
         stop(consumer)
 
