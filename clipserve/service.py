@@ -392,6 +392,7 @@ class ServiceState:
         self._producer_factory = producer_factory or _default_producer_factory
         self._lock = threading.Lock()
         self._consumers: dict[str, ConsumerSession] = {}
+        self._attaching = 0  # attaches in progress (counted against MAX_CONSUMERS)
         self._counter = itertools.count()
         self._meter = _RateMeter()
         self._substitutions: deque[SubstitutionPublic] = deque(maxlen=RECENT_SUBSTITUTIONS)
@@ -437,14 +438,22 @@ class ServiceState:
 
     def attach(self, request: ConsumerCreate) -> dict[str, Any]:
         """Attach a consumer: start its producer, channel and feeder; return the attach response."""
-        from clipserve.transport.channel import ConsumerChannel
-
         with self._lock:
             if self._closed:
                 raise ServiceBusyError("the service is shutting down")
-            if len(self._consumers) >= MAX_CONSUMERS:
+            if len(self._consumers) + self._attaching >= MAX_CONSUMERS:
                 raise ServiceBusyError(f"{MAX_CONSUMERS} consumers are attached already; detach one first")
+            self._attaching += 1
             consumer_id = f"c{next(self._counter)}{secrets.token_hex(3)}"
+        try:
+            return self._attach(consumer_id, request)
+        finally:
+            with self._lock:
+                self._attaching -= 1
+
+    def _attach(self, consumer_id: str, request: ConsumerCreate) -> dict[str, Any]:
+        from clipserve.transport.channel import ConsumerChannel
+
         self._check_request(request)
         num_slots = self.config.prefetch_batches
         channel: Channel

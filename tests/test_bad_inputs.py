@@ -291,17 +291,7 @@ def test_pyav_executor_serves_ok_case(corpus: dict[str, BadInput], corpus_index:
     assert result["frame_shape"] == (height, width, 3)
 
 
-_RESOLUTION_CHANGE_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="pyav.decode_frames np.stack()s frames of different sizes (64x48 and 96x64) and raises "
-           "ValueError instead of DecodeError; fix in clipserve/executors/pyav.py (decode_frames)",
-)
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=_RESOLUTION_CHANGE_XFAIL) if name.startswith("resolution_change") else name
-    for name in BROKEN_CASES
-])
+@pytest.mark.parametrize("name", BROKEN_CASES)
 def test_pyav_executor_fails_cleanly_on_broken_case(corpus: dict[str, BadInput], worker: IsolatedWorker,
                                                     name: str) -> None:
     """If a broken file reaches the executor anyway (e.g. replaced after indexing), the only error

@@ -328,3 +328,18 @@ def test_index_out_of_range(references: dict) -> None:
         decode_frames(path, [3, 150])
     with pytest.raises(DecodeError, match=r"frame index -1 is out of range"):
         decode_frames(path, [-1])
+
+
+def test_resolution_change_mid_stream_is_a_decode_error(video_dir: Path) -> None:
+    """Frames of different sizes cannot form one (N, H, W, 3) array: a DecodeError names both sizes."""
+    from tests.bad_inputs import _concatenate
+
+    first = make_video(video_dir, "size_a.ts", num_frames=12, width_pixels=64, height_pixels=48, keyframe_interval_frames=6)
+    second = make_video(video_dir, "size_b.ts", num_frames=12, width_pixels=96, height_pixels=64, keyframe_interval_frames=6, seed=1)
+    path = video_dir / "size_change.ts"
+    if not path.exists():
+        _concatenate([first, second], path, "mpegts")
+    assert decode_frames(path, [0, 11]).shape == (2, 48, 64, 3)  # frames of one size still decode
+    assert decode_frames(path, [12, 20]).shape == (2, 64, 96, 3)
+    with pytest.raises(DecodeError, match=r"size_change\.ts: the frame size changes mid-stream: frame 3 is 64x48, frame 15 is 96x64"):
+        decode_frames(path, [15, 3, 15])

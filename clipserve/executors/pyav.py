@@ -357,7 +357,8 @@ def decode_frames(
         ``(N, H, W, 3)`` uint8 RGB, frame ``n`` = frame ``frame_indices[n]``, ``H, W`` upright.
 
     Raises:
-        DecodeError: unreadable or truncated file, no video stream, index out of range.
+        DecodeError: unreadable or truncated file, no video stream, index out of range, or
+            requested frames of different sizes (the frame size changes mid-stream).
     """
     stats = stats if stats is not None else DecodeStats()
     frames: dict[int, np.ndarray] = {}
@@ -368,7 +369,20 @@ def decode_frames(
     _decode_indices(source, frame_indices, on_frame, stats)
     if not frame_indices:
         return np.zeros((0, 0, 0, 3), dtype=np.uint8)
+    _check_same_size(source, frames)
     return np.stack([frames[int(i)] for i in frame_indices])
+
+
+def _check_same_size(source: str | Path, frames: dict[int, np.ndarray]) -> None:
+    """Raise DecodeError when the decoded frames (index → ``(H, W, 3)``) do not all have one size."""
+    first = min(frames)
+    height, width = frames[first].shape[:2]
+    for index in sorted(frames):
+        h, w = frames[index].shape[:2]
+        if (h, w) != (height, width):
+            raise DecodeError(
+                f"{source}: the frame size changes mid-stream: frame {first} is {width}x{height}, frame {index} is {w}x{h}"
+            )
 
 
 def decode_clip_regions(source: str | Path, plan: ClipPlan, *, stats: DecodeStats | None = None) -> list[np.ndarray]:
