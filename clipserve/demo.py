@@ -2,25 +2,33 @@
 
     python -m clipserve.demo --root data/sample-k400
 
-Steps today: (1) build the sample dataset if it is missing, (2) index its train split. Each step is
-a function ``step_x(state)`` listed in ``STEPS``; it reads and fills the shared :class:`DemoState`.
-To grow the demo, append steps (start the service in the background, run the trainer ~30 s, print
-throughput and the inspect URL); a step that starts a process should record it in the state and
-:func:`main` should stop it in a ``finally`` clause, so Ctrl-C leaves nothing running.
+Steps: (1) build the sample dataset if it is missing, (2) index its train split, (3) start
+``clipserve start`` in the background on a free loopback port, (4) run the trainer (ρMoCo, tiny
+backbone) against the stream for ~30 s, (5) print throughput, save a contact sheet and print the
+inspect URL, then stop the service cleanly (``--keep-serving`` keeps it up until Ctrl-C). Each step
+is a function ``step_x(state)`` listed in ``STEPS``; it reads and fills the shared
+:class:`DemoState`; the service is stopped on every exit path.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
+import signal
+import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipserve.errors import ClipserveError
+from clipserve.errors import ClipserveError, DatasetError
 from clipserve.sample_data import SampleBuildResult, build_sample, make_sample_spec
+
+SERVICE_START_TIMEOUT_SECONDS = 600
 
 
 @dataclass
@@ -36,6 +44,14 @@ class DemoState:
     """``clipserve.datasets.index.VideoIndex`` of the train split, once the index step ran."""
     summary_lines: list[str] = field(default_factory=list)
     """One line per step for the final summary."""
+    output_dir: Path = Path(".demo")
+    """Where the trainer's checkpoint/metrics and the contact sheet go."""
+    crop_size_pixels: int = 112
+    batch_size: int = 8
+    train_seconds: float = 30.0
+    keep_serving: bool = False
+    service: subprocess.Popen | None = None
+    url: str = ""
 
 
 def step_dataset(state: DemoState) -> None:
@@ -69,9 +85,88 @@ def step_index(state: DemoState) -> None:
         f"({summary.num_probed} probed now, {summary.num_reused} from the cache)")
 
 
+def step_service(state: DemoState) -> None:
+    """Start ``clipserve start`` in the background on a free loopback port; wait for its ready line."""
+    command = [sys.executable, "-m", "clipserve", "start", "--dataset", "k400", "--root", str(state.root),
+               "--port", "0", "--crop-size", str(state.crop_size_pixels), "--batch-size", str(state.batch_size),
+               "--num-clips", "2", "--frames-per-clip", "8", "--frame-stride", "8"]
+    if state.workers is not None:
+        command += ["--workers", str(state.workers)]
+    print("$ " + " ".join(command), flush=True)
+    state.service = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + SERVICE_START_TIMEOUT_SECONDS
+    assert state.service.stdout is not None
+    while time.monotonic() < deadline:
+        line = state.service.stdout.readline()
+        if not line:
+            raise DatasetError(f"the service exited during start-up (status {state.service.wait()}); see the log above")
+        print(line, end="", flush=True)
+        match = re.search(r"serving \d+ videos at (http://\S+)", line)
+        if match:
+            state.url = match.group(1).rstrip("/")
+            state.summary_lines.append(f"service  {state.url} ({line.split('(backend ')[-1].split(')')[0]} backend)")
+            return
+    raise DatasetError(f"the service did not become ready within {SERVICE_START_TIMEOUT_SECONDS} s")
+
+
+def step_trainer(state: DemoState) -> None:
+    """Run the trainer (ρMoCo, tiny backbone, CPU profile) against the service for ~30 s."""
+    checkpoint_dir = state.output_dir / "trainer"
+    command = [sys.executable, "-m", "trainer", "--objective", "moco", "--server", state.url, "--backbone", "tiny",
+               "--profile", "cpu", "--max-steps", "500", "--max-seconds", str(state.train_seconds),
+               "--log-every-steps", "5", "--checkpoint-dir", str(checkpoint_dir)]
+    print("$ " + " ".join(command), flush=True)
+    status = subprocess.run(command, check=False).returncode
+    if status != 0:
+        raise DatasetError(f"the trainer exited with status {status}")
+    metrics = [json.loads(line) for line in (checkpoint_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if metrics:
+        last = metrics[-1]
+        rates = [m["clips_per_second"] for m in metrics[1:]] or [last["clips_per_second"]]
+        state.summary_lines.append(
+            f"trainer  {last['step']} ρMoCo steps, loss {metrics[0]['loss']:.3f} -> {last['loss']:.3f}, "
+            f"{sum(rates) / len(rates):.1f} clips/s consumed, {100 * last['data_wait_fraction']:.0f}% of time waiting for data")
+
+
+def step_inspect(state: DemoState) -> None:
+    """Print the service's throughput and save a contact sheet of one video's sampled clips."""
+    stats = _get_json(f"{state.url}/v1/stats")
+    since = stats["since_start"]
+    print(json.dumps({k: stats[k] for k in ("clips_delivered_total", "videos_delivered_total", "decode_errors_total",
+                                            "substitutions_total", "stage_seconds_total")}, indent=2))
+    state.summary_lines.append(
+        f"served   {stats['clips_delivered_total']} clips in {stats['batches_delivered_total']} batches, "
+        f"{since.get('clips_per_second', 0.0):.1f} clips/s since start, {stats['decode_errors_total']} decode errors")
+    sheet = state.output_dir / "clips-video0-epoch0.png"
+    with urllib.request.urlopen(f"{state.url}/v1/videos/0/clips.png?epoch=0", timeout=120) as response:
+        sheet.write_bytes(response.read())
+    state.summary_lines.append(f"inspect  {state.url}/  (plan JSON: {state.url}/v1/videos/0/plan?epoch=0)")
+    state.summary_lines.append(f"sheet    {sheet} (one row per clip, its T augmented frames)")
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def stop_service(state: DemoState) -> None:
+    """SIGTERM the service (it removes its shared memory and joins its workers) and wait for it."""
+    if state.service is None or state.service.poll() is not None:
+        return
+    state.service.send_signal(signal.SIGTERM)
+    try:
+        state.service.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        state.service.kill()
+        state.service.wait()
+
+
 STEPS: list[tuple[str, Callable[[DemoState], None]]] = [
     ("sample dataset", step_dataset),
     ("video index (train split)", step_index),
+    ("start the service (background)", step_service),
+    ("train ρMoCo against the stream", step_trainer),
+    ("throughput and inspection", step_inspect),
 ]
 
 
@@ -81,9 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, default=8, help="classes of the sample dataset")
     parser.add_argument("--videos-per-class", type=int, default=12, help="videos per class")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
+    parser.add_argument("--train-seconds", type=float, default=30.0, help="seconds the trainer runs")
+    parser.add_argument("--crop-size", type=int, default=112, help="output height/width of the clips, pixels")
+    parser.add_argument("--output-dir", type=Path, default=Path(".demo"), help="trainer output and contact sheet")
+    parser.add_argument("--keep-serving", action="store_true", help="keep the service running until Ctrl-C")
     args = parser.parse_args(argv)
     state = DemoState(root=args.root, num_classes=args.classes, videos_per_class=args.videos_per_class,
-                      workers=args.workers)
+                      workers=args.workers, output_dir=args.output_dir, crop_size_pixels=args.crop_size,
+                      train_seconds=args.train_seconds, keep_serving=args.keep_serving)
+    state.output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
         for number, (title, step) in enumerate(STEPS, start=1):
@@ -94,10 +195,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("demo: interrupted", file=sys.stderr)
+        stop_service(state)
         return 130
+    except BaseException:
+        stop_service(state)
+        raise
     print(f"\ndemo done in {time.perf_counter() - started:.1f} s")
     for line in state.summary_lines:
         print(f"  {line}")
+    try:
+        if state.keep_serving and state.service is not None:
+            print(f"\nserving at {state.url}/ until Ctrl-C", flush=True)
+            state.service.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_service(state)
     return 0
 
 

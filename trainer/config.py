@@ -33,6 +33,7 @@ class TrainConfig:
     synthetic_num_videos: int = 64  # videos per epoch (synthetic stream only)
     # --- length
     max_steps: int = 1000  # optimizer steps; LR and momentum schedules span exactly this many
+    max_seconds: float = 0.0  # also stop after this many wall-clock seconds of training (0: no limit)
     # --- optimizer (paper-spec §3)
     optimizer: str = "sgd"  # sgd | lars
     base_lr: float = 0.4  # learning rate for reference_batch_size videos per global batch

@@ -64,6 +64,13 @@ def make_source(config: TrainConfig, rank: int, world_size: int) -> Any:
     return open_clip_stream(config.server, rank=rank, world_size=world_size, transport=config.transport)
 
 
+def _all_ranks_agree_time_is_up(loop_start: float, max_seconds: float, device: torch.device) -> bool:
+    """True once any rank has trained for ``max_seconds``; all ranks stop at the same step."""
+    flag = torch.tensor([1.0 if time.perf_counter() - loop_start >= max_seconds else 0.0], device=device)
+    tdist.all_reduce_sum_(flag)
+    return bool(flag.item() > 0)
+
+
 def train(config: TrainConfig, batches: Iterable | None = None) -> TrainResult:
     """Train ``config.objective`` on ``batches`` (default: :func:`make_source`, closed at the end)
     until ``config.max_steps`` or the end of the iterable; checkpoint to ``config.checkpoint_dir``.
@@ -215,8 +222,12 @@ def _train(config: TrainConfig, source: Iterable) -> TrainResult:
     window = {"wait": first_wait_seconds, "clips": 0, "start": time.perf_counter() - first_wait_seconds, "loss": 0.0, "n": 0}
     model.train()
     interrupted = False
+    loop_start = time.perf_counter()
     try:
         while step < config.max_steps:
+            if config.max_seconds > 0 and _all_ranks_agree_time_is_up(loop_start, config.max_seconds, device):
+                log(f"time budget of {config.max_seconds:g} s used up at step {step}")
+                break
             if batch is None:
                 wait_start = time.perf_counter()
                 batch = next(batch_iter, None)

@@ -50,8 +50,8 @@ def frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
 def frame_region_to_rgb(frame: av.VideoFrame, box: Box) -> np.ndarray:
     """The pixels of ``box`` (coded-frame pixels) as ``(box.height, box.width, 3)`` uint8 RGB.
 
-    Equal to ``frame_to_rgb(frame)[top:top + height, left:left + width]``; only the box (plus a
-    one-sample chroma margin for the bilinear upsampling) is converted.
+    Equal to ``frame_to_rgb(frame)[top:top + height, left:left + width]``; only the box (rounded
+    out to even coordinates) is converted.
     """
     top, left, height, width = box
     if height <= 0 or width <= 0 or top < 0 or left < 0 or top + height > frame.height or left + width > frame.width:
@@ -59,39 +59,24 @@ def frame_region_to_rgb(frame: av.VideoFrame, box: Box) -> np.ndarray:
     if not is_fast_format(frame):
         rgb = frame.to_ndarray(format="rgb24")
         return np.ascontiguousarray(rgb[top : top + height, left : left + width])
-    half_h, half_w = frame.height // 2, frame.width // 2
-    # Luma row y reads chroma rows floor((y - 1) / 2) and floor((y + 1) / 2): the box's chroma rows
-    # [top // 2, (bottom - 1) // 2] plus one on each side (clamped at the frame, where the
-    # upsampling replicates the edge sample exactly as it does for the whole frame).
-    c_top, c_bottom = max(0, top // 2 - 1), min(half_h, (top + height - 1) // 2 + 2)
-    c_left, c_right = max(0, left // 2 - 1), min(half_w, (left + width - 1) // 2 + 2)
-    size = (2 * (c_right - c_left), 2 * (c_bottom - c_top))
-    rows, cols = slice(top - 2 * c_top, top - 2 * c_top + height), slice(left - 2 * c_left, left - 2 * c_left + width)
-    luma = _plane(frame, 0, frame.height, frame.width)[top : top + height, left : left + width]
-    chroma_u = cv2.resize(_plane(frame, 1, half_h, half_w)[c_top:c_bottom, c_left:c_right], size, interpolation=cv2.INTER_LINEAR)
-    chroma_v = cv2.resize(_plane(frame, 2, half_h, half_w)[c_top:c_bottom, c_left:c_right], size, interpolation=cv2.INTER_LINEAR)
-    yuv = cv2.merge((np.ascontiguousarray(luma), np.ascontiguousarray(chroma_u[rows, cols]), np.ascontiguousarray(chroma_v[rows, cols])))
-    return cv2.transform(yuv, YUV_TO_RGB_BT601_LIMITED)
-
-
-def _bt601_limited_matrix() -> np.ndarray:
-    """3×4 float32 matrix: ``[R, G, B] = M · [Y, U, V, 1]`` for BT.601 limited-range 8-bit YUV."""
-    kr, kb = 0.299, 0.114
-    kg = 1.0 - kr - kb
-    luma, chroma = 255.0 / 219.0, 255.0 / 224.0
-    coefficients = np.array(
-        [
-            [luma, 0.0, 2.0 * (1.0 - kr) * chroma],
-            [luma, -2.0 * kb * (1.0 - kb) / kg * chroma, -2.0 * kr * (1.0 - kr) / kg * chroma],
-            [luma, 2.0 * (1.0 - kb) * chroma, 0.0],
-        ]
-    )
-    offsets = -coefficients @ np.array([16.0, 128.0, 128.0])
-    return np.hstack([coefficients, offsets[:, None]]).astype(np.float32)
-
-
-YUV_TO_RGB_BT601_LIMITED: np.ndarray = _bt601_limited_matrix()
-"""``[R, G, B] = M · [Y, U, V, 1]`` (3×4 float32), BT.601 limited range, as swscale's default and DALI."""
+    top_even, left_even = top & ~1, left & ~1
+    bottom_even = min(frame.height, (top + height + 1) & ~1)
+    right_even = min(frame.width, (left + width + 1) & ~1)
+    luma = _plane(frame, 0, frame.height, frame.width)[top_even:bottom_even, left_even:right_even]
+    rows, cols = slice(top_even // 2, bottom_even // 2), slice(left_even // 2, right_even // 2)
+    chroma_u = _plane(frame, 1, frame.height // 2, frame.width // 2)[rows, cols]
+    chroma_v = _plane(frame, 2, frame.height // 2, frame.width // 2)[rows, cols]
+    h, w = luma.shape
+    i420 = np.empty((h * 3 // 2, w), dtype=np.uint8)
+    i420[:h] = luma
+    quarter = (h // 2) * (w // 2)
+    i420[h:].reshape(-1)[:quarter] = chroma_u.reshape(-1)
+    i420[h:].reshape(-1)[quarter:] = chroma_v.reshape(-1)
+    rgb = cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420)
+    dy, dx = top - top_even, left - left_even
+    if dy or dx or h != height or w != width:
+        rgb = np.ascontiguousarray(rgb[dy : dy + height, dx : dx + width])
+    return rgb
 
 
 def _plane(frame: av.VideoFrame, index: int, height: int, width: int) -> np.ndarray:
