@@ -8,11 +8,18 @@ Workloads: ``full`` (every op on: jitter in all four ops, blur, flip) and ``aug_
 paper's "aug+" probabilities). Prints one JSON object and a one-line summary.
 
     .venv/bin/python benchmarks/augment.py [--frames 8] [--region 200] [--size 224] [--repeats 30]
+        [--baseline OLD_AUGMENT_PY]
+
+Times are CPU seconds of this process (``time.process_time``, one thread), best of 3 rounds; the
+methods are interleaved within each round, so a loaded, shared machine slows them alike.
+``--baseline`` loads another version of ``clipserve/executors/augment.py`` (e.g. a copy saved before
+a change) and times its ``augment_clip`` as ``baseline`` beside the current one (before/after).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import time
@@ -89,15 +96,31 @@ def torchvision_uint8(region: np.ndarray, params: AugmentParams) -> np.ndarray:
     return x.permute(1, 0, 2, 3).contiguous().numpy()
 
 
-def _time(fn, regions: list[np.ndarray], params: list[AugmentParams], repeats: int) -> float:
-    fn(regions[0], params[0])  # warm-up
-    best = float("inf")
+def _time_interleaved(methods: dict, regions: list[np.ndarray], params: list[AugmentParams], repeats: int) -> dict[str, float]:
+    """Best-of-3 CPU seconds per clip for each method, methods interleaved clip by clip."""
+    for fn in methods.values():
+        fn(regions[0], params[0])  # warm-up
+    best = {name: float("inf") for name in methods}
     for _ in range(3):
-        started = time.perf_counter()
+        spent = {name: 0.0 for name in methods}
         for k in range(repeats):
-            fn(regions[k % len(regions)], params[k % len(params)])
-        best = min(best, (time.perf_counter() - started) / repeats)
+            region, p = regions[k % len(regions)], params[k % len(params)]
+            for name, fn in methods.items():
+                started = time.process_time()
+                fn(region, p)
+                spent[name] += time.process_time() - started
+        for name in methods:
+            best[name] = min(best[name], spent[name] / repeats)
     return best
+
+
+def _load_baseline(path: str):
+    spec = importlib.util.spec_from_file_location("augment_baseline", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.augment_clip
 
 
 def main() -> None:
@@ -106,6 +129,7 @@ def main() -> None:
     parser.add_argument("--region", type=int, default=200, help="crop box side in source pixels")
     parser.add_argument("--size", type=int, default=224, help="output side S in pixels")
     parser.add_argument("--repeats", type=int, default=30, help="clips per timing run (best of 3 runs)")
+    parser.add_argument("--baseline", help="another augment.py whose augment_clip is timed as 'baseline' (before/after)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -113,25 +137,32 @@ def main() -> None:
     cfg = AugmentConfig(crop_size_pixels=args.size)
     regions = _regions(4, args.frames, args.region, rng)
     methods = {"opencv": augment_clip, "torchvision_uint8": torchvision_uint8, "torchvision_float": reference_augment_clip}
+    if args.baseline:
+        methods["baseline"] = _load_baseline(args.baseline)
     results: dict[str, dict[str, float]] = {}
     for workload in ("full", "aug_plus"):
         params = [_draw(rng, cfg, args.region, args.region, workload == "full") for _ in range(16)]
-        results[workload] = {}
-        for name, fn in methods.items():
-            seconds = _time(fn, regions, params, args.repeats)
-            results[workload][name] = seconds * 1000.0
+        results[workload] = {name: seconds * 1000.0 for name, seconds in _time_interleaved(methods, regions, params, args.repeats).items()}
         diffs = [np.abs(augment_clip(r, p).astype(np.int16) - reference_augment_clip(r, p).astype(np.int16)) for r, p in zip(regions * 4, params)]
         results[workload]["opencv_vs_reference_mean_abs"] = float(np.mean([d.mean() for d in diffs]))
         results[workload]["opencv_vs_reference_max_abs"] = float(max(d.max() for d in diffs))
+        if args.baseline:
+            diffs = [np.abs(methods["baseline"](r, p).astype(np.int16) - reference_augment_clip(r, p).astype(np.int16)) for r, p in zip(regions * 4, params)]
+            results[workload]["opencv_vs_reference_baseline_mean_abs"] = float(np.mean([d.mean() for d in diffs]))
+            results[workload]["opencv_vs_reference_baseline_max_abs"] = float(max(d.max() for d in diffs))
     report = {
         "benchmark": "augment",
         "frames": args.frames, "region_pixels": args.region, "output_pixels": args.size, "threads": 1,
+        "timing": "CPU seconds (process_time), best of 3 interleaved rounds",
         "machine": platform.processor() or platform.machine(),
         "milliseconds_per_clip": {w: {k: round(v, 3) for k, v in r.items() if not k.startswith("opencv_vs")} for w, r in results.items()},
         "parity": {w: {k: round(v, 3) for k, v in r.items() if k.startswith("opencv_vs")} for w, r in results.items()},
     }
     print(json.dumps(report, indent=2))
     full, aug = results["full"], results["aug_plus"]
+    if args.baseline:
+        print(f"baseline {full['baseline']:.2f} ms/clip full, {aug['baseline']:.2f} aug+ -> opencv now "
+              f"{full['baseline'] / full['opencv']:.2f}x/{aug['baseline'] / aug['opencv']:.2f}x faster")
     print(
         f"augment {args.frames}x{args.region}²→{args.size}²: opencv {full['opencv']:.2f} ms/clip full, {aug['opencv']:.2f} aug+; "
         f"torchvision uint8 {full['torchvision_uint8']:.2f}/{aug['torchvision_uint8']:.2f} "

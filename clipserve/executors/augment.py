@@ -94,34 +94,23 @@ def _check_region(region: np.ndarray, params: AugmentParams) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Fast path: OpenCV on uint8, (T·S, S, 3) views for pointwise ops.
+# Fast path: OpenCV on uint8, the clip as one tall (T·S, S, 3) image for pointwise ops.
+#
+# Brightness, contrast, saturation and grayscale are affine maps of RGB (``x → A·x + b``), so a
+# run of them is composed into one 3×4 matrix and applied in one ``cv2.transform`` pass (float
+# arithmetic, one rounding to uint8). The reference clamps to [0, 255] after every op; an op only
+# leaves that range when its factor is > 1 (factor ≤ 1 is a convex blend of in-range values), so
+# the composed matrix is applied (with uint8 saturation = the clamp) right after such an op, before
+# a hue shift (not affine) and at the end. Contrast needs the gray mean of the image at that point:
+# means are linear, so it is ``w · (A·μ + b)`` with μ the per-channel mean of the last applied image.
 
 
-def _lut(values: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
-
-
-_IDENTITY = np.arange(256, dtype=np.float64)
-
-
-def _brightness(img: np.ndarray, factor: float) -> np.ndarray:
-    return cv2.LUT(img, _lut(_IDENTITY * factor))
-
-
-def _contrast(img: np.ndarray, factor: float) -> np.ndarray:
-    means = cv2.mean(img)  # per-channel means of the whole clip (as one tall image)
-    mean_gray = GRAY_WEIGHTS[0] * means[0] + GRAY_WEIGHTS[1] * means[1] + GRAY_WEIGHTS[2] * means[2]
-    return cv2.LUT(img, _lut(_IDENTITY * factor + (1.0 - factor) * mean_gray))
+_GRAY_ROW = np.array(GRAY_WEIGHTS, dtype=np.float64)
 
 
 def _gray_matrix(saturation_factor: float) -> np.ndarray:
     """3×3 colour matrix of ``f·x + (1−f)·gray(x)`` (f = 0: grayscale)."""
-    w = np.array(GRAY_WEIGHTS, dtype=np.float32)
-    return (saturation_factor * np.eye(3, dtype=np.float32) + (1.0 - saturation_factor) * np.outer(np.ones(3, np.float32), w)).astype(np.float32)
-
-
-def _saturation(img: np.ndarray, factor: float) -> np.ndarray:
-    return cv2.transform(img, _gray_matrix(factor))
+    return saturation_factor * np.eye(3) + (1.0 - saturation_factor) * np.outer(np.ones(3), _GRAY_ROW)
 
 
 def _hue(img: np.ndarray, shift_turns: float) -> np.ndarray:
@@ -134,17 +123,64 @@ def _hue(img: np.ndarray, shift_turns: float) -> np.ndarray:
     return cv2.convertScaleAbs(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB))  # rounds, saturates to uint8
 
 
-def _jitter(img: np.ndarray, jitter: ColorJitterParams) -> np.ndarray:
-    for op in jitter.order:
+class _Affine:
+    """A pending composition ``x → A·x + b`` (float64) on top of the last applied uint8 image."""
+
+    def __init__(self, img: np.ndarray) -> None:
+        self.img = img
+        self.matrix = np.eye(3)
+        self.offset = np.zeros(3)
+        self.pending = False
+        self._means: np.ndarray | None = None
+
+    def then(self, matrix: np.ndarray, offset: np.ndarray | float = 0.0) -> None:
+        self.matrix = matrix @ self.matrix
+        self.offset = matrix @ self.offset + offset
+        self.pending = True
+
+    def gray_mean(self) -> float:
+        if self._means is None:
+            self._means = np.array(cv2.mean(self.img)[:3])
+        return float(_GRAY_ROW @ (self.matrix @ self._means + self.offset))
+
+    def apply(self, rows: int = 3) -> np.ndarray:
+        """Apply the pending map (clamped and rounded to uint8); ``rows=1``: one gray channel."""
+        if self.pending or rows == 1:
+            m = np.hstack([self.matrix, self.offset[:, None]])[:rows].astype(np.float32)
+            self.img = cv2.transform(self.img, m)  # float arithmetic, rounded and saturated to uint8
+            self.matrix, self.offset, self.pending, self._means = np.eye(3), np.zeros(3), False, None
+        return self.img
+
+
+def _colour(tall: np.ndarray, jitter: ColorJitterParams | None, grayscale: bool) -> np.ndarray:
+    """Colour jitter (in ``jitter.order``) and grayscale on the clip as one tall image ``(T·S, S, 3)``
+    uint8 → ``(T·S, S, 3)`` uint8, or ``(T·S, S)`` uint8 gray when ``grayscale``."""
+    state = _Affine(tall)
+    for op in jitter.order if jitter is not None else []:
         if op == "brightness":
-            img = _brightness(img, jitter.brightness_factor)
+            factor = jitter.brightness_factor
+            state.then(np.eye(3) * factor)
         elif op == "contrast":
-            img = _contrast(img, jitter.contrast_factor)
+            factor = jitter.contrast_factor
+            state.then(np.eye(3) * factor, (1.0 - factor) * state.gray_mean())
         elif op == "saturation":
-            img = _saturation(img, jitter.saturation_factor)
-        elif op == "hue":
-            img = _hue(img, jitter.hue_shift_turns)
-    return img
+            factor = jitter.saturation_factor
+            state.then(_gray_matrix(factor))
+        else:  # hue: not affine
+            if jitter.hue_shift_turns != 0.0:
+                state.img = _hue(state.apply(), jitter.hue_shift_turns)
+            continue
+        if factor > 1.0:  # may leave [0, 255]: clamp now, as the reference does after each op
+            state.apply()
+    if grayscale:
+        state.then(_gray_matrix(0.0))
+        return state.apply(rows=1)
+    return state.apply()
+
+
+def _gaussian_kernel(sigma_pixels: float, size_pixels: int) -> np.ndarray:
+    """1-D Gaussian kernel (size ``size_pixels``, float32, sums to 1) as torchvision's."""
+    return cv2.getGaussianKernel(size_pixels, sigma_pixels, cv2.CV_32F)
 
 
 def augment_clip(region: np.ndarray, params: AugmentParams) -> np.ndarray:
@@ -171,21 +207,27 @@ def augment_clip(region: np.ndarray, params: AugmentParams) -> np.ndarray:
         else:
             cv2.resize(src, (s, s), dst=frames[i], interpolation=cv2.INTER_LINEAR)
     tall = frames.reshape(t * s, s, 3)  # pointwise ops: the clip as one tall image
-    if params.color_jitter is not None:
-        tall = _jitter(tall, params.color_jitter)
-    if params.grayscale:
-        tall = _saturation(tall, 0.0)
-    frames = tall.reshape(t, s, s, 3)
+    if params.color_jitter is not None or params.grayscale:
+        tall = _colour(tall, params.color_jitter, params.grayscale)
+    channels = 1 if tall.ndim == 2 else 3
+    frames = tall.reshape((t, s, s) if channels == 1 else (t, s, s, 3))
     sigmas = output_blur_sigma_pixels(params, h, w)
     if sigmas is not None:
         sx, sy = sigmas
-        ksize = (blur_kernel_size_pixels(sx, s), blur_kernel_size_pixels(sy, s))
+        kernel_x = _gaussian_kernel(sx, blur_kernel_size_pixels(sx, s))
+        kernel_y = _gaussian_kernel(sy, blur_kernel_size_pixels(sy, s))
+        if not frames.flags.writeable or not frames.flags.c_contiguous:
+            frames = np.ascontiguousarray(frames)
         for i in range(t):
-            cv2.GaussianBlur(frames[i], ksize, sigmaX=sx, sigmaY=sy, dst=frames[i], borderType=cv2.BORDER_REFLECT_101)
-    planar = frames.transpose(3, 0, 1, 2)  # (C, T, S, S) view
-    if params.flip:
-        planar = planar[..., ::-1]
-    out = np.ascontiguousarray(planar)
+            cv2.sepFilter2D(frames[i], -1, kernel_x, kernel_y, dst=frames[i], borderType=cv2.BORDER_REFLECT_101)
+    if channels == 1:
+        out = np.empty((3, t, s, s), dtype=np.uint8)
+        out[:] = frames[None, :, :, ::-1] if params.flip else frames[None]
+    else:
+        planar = frames.transpose(3, 0, 1, 2)  # (C, T, S, S) view
+        if params.flip:
+            planar = planar[..., ::-1]
+        out = np.ascontiguousarray(planar)
     _augment_seconds_total += time.perf_counter() - started
     return out
 
