@@ -300,6 +300,14 @@ def setup_torchcodec_venv(venv: Path) -> str:
     return str(python)
 
 
+def _child_env() -> dict[str, str]:
+    """The environment of a child benchmark interpreter: the repository first on PYTHONPATH, then
+    whatever PYTHONPATH this run was given (e.g. a shim that swaps in another implementation to
+    measure before/after)."""
+    paths = [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
+
+
 def torchcodec_in_other_python(python: str | None, data_dir: Path, keyframe_interval: int, num_videos: int, processes: int,
                                augment: bool) -> dict:
     """Run the torchcodec measurement in ``python`` (its own venv); a dict with 'skipped' says why not."""
@@ -307,8 +315,7 @@ def torchcodec_in_other_python(python: str | None, data_dir: Path, keyframe_inte
         return {"method": "torchcodec", "processes": processes, "skipped": "torchcodec unavailable (see the '# torchcodec skipped' line)"}
     command = [python, str(Path(__file__).resolve()), "--child-torchcodec", "--data", str(data_dir), "--videos", str(num_videos),
                "--keyframe-interval", str(keyframe_interval), "--processes", str(processes)] + ([] if augment else ["--frames-only"])
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
+    result = subprocess.run(command, capture_output=True, text=True, env=_child_env(), timeout=1800)
     if result.returncode != 0:
         return {"method": "torchcodec", "processes": processes, "skipped": f"torchcodec run failed: {result.stderr.strip()[-400:]}"}
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -334,7 +341,7 @@ def run_interleaved(args: argparse.Namespace, intervals: tuple[int, ...], num_vi
         ensure_dataset(args.data, interval, num_videos)
         command = [torchcodec_python or sys.executable, str(Path(__file__).resolve()), "--child-interleaved", "--data", str(args.data),
                    "--videos", str(num_videos), "--keyframe-interval", str(interval)] + (["--frames-only"] if args.frames_only else [])
-        done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), timeout=3600)
+        done = subprocess.run(command, capture_output=True, text=True, env=_child_env(), timeout=3600)
         if done.returncode != 0:
             print(f"gop{interval}: interleaved run failed: {done.stderr.strip()[-500:]}")
             return 1

@@ -376,7 +376,7 @@ class ServiceState:
         self.sampling = config.sampling()
         self.augment = config.augment()
         if not index.records:
-            raise DatasetError(f"the index of {config.root} ({config.dataset}, {config.split}) has no usable video")
+            raise DatasetError(_no_usable_video_message(config, index))
         self.backend = _resolve_backend(config.backend, index.records)
         self.layout = BatchLayout(
             batch_size=config.batch_size,
@@ -388,6 +388,7 @@ class ServiceState:
         removed = cleanup_stale_segments()
         if removed:
             logger.info("removed %d shared-memory entries left by crashed services", len(removed))
+        check_ring_fits(self.layout, config.prefetch_batches)
         self.instance_token = new_instance_token()
         self._producer_factory = producer_factory or _default_producer_factory
         self._lock = threading.Lock()
@@ -636,6 +637,48 @@ class ServiceState:
             session.join(max(0.1, deadline - time.monotonic()))
 
 
+def check_ring_fits(layout: BatchLayout, num_slots: int, shm_dir: Path | None = None) -> None:
+    """Refuse to start when one consumer's ring (``num_slots`` × ``layout.slot_size_bytes``) cannot fit.
+
+    Checked at start so that a too-small ``/dev/shm`` (docker's default is 64 MiB) is reported
+    once, before serving, instead of as a 507 on every attach. Skipped where there is no
+    ``/dev/shm`` (only the HTTP transport works there).
+
+    Raises:
+        RingError: the message names the bytes needed, the bytes free and the flags that lower it.
+    """
+    from clipserve.errors import RingError
+    from clipserve.transport.ring import FREE_SPACE_MARGIN_BYTES, SHM_DIR, shm_free_bytes
+
+    shm_dir = SHM_DIR if shm_dir is None else shm_dir
+    if not shm_dir.is_dir():
+        return
+    needed_bytes = num_slots * layout.slot_size_bytes
+    free_bytes = shm_free_bytes(shm_dir)
+    if needed_bytes + FREE_SPACE_MARGIN_BYTES <= free_bytes:
+        return
+    raise RingError(
+        f"not enough shared memory for one consumer's ring: it needs {needed_bytes} bytes "
+        f"({needed_bytes / 2**20:.0f} MiB = --prefetch-batches {num_slots} slots × {layout.slot_size_bytes} "
+        f"bytes per batch (B={layout.batch_size}, ρ={layout.num_clips}, T={layout.frames_per_clip}, "
+        f"{layout.height_pixels}×{layout.width_pixels} pixels, 3 channels, uint8)) plus a "
+        f"{FREE_SPACE_MARGIN_BYTES >> 20} MiB margin, but {shm_dir} has {free_bytes / 2**20:.0f} MiB free. "
+        "Lower --prefetch-batches (fewer slots), or --batch-size / --crop-size / --frames-per-clip / "
+        "--num-clips (smaller slots), or enlarge /dev/shm (docker: --shm-size)."
+    )
+
+
+def _no_usable_video_message(config: ServiceConfig, index: VideoIndex) -> str:
+    """Why there is nothing to serve: how many files were broken and the first reasons."""
+    broken = list(getattr(index, "broken", []))
+    message = f"the index of {config.root} ({config.dataset}, {config.split}) has no usable video"
+    if broken:
+        reasons = "; ".join(f"{r.relative_path}: {r.broken_reason}" for r in broken[:3])
+        more = f" (and {len(broken) - 3} more)" if len(broken) > 3 else ""
+        message += f": all {len(broken)} video file(s) are broken, e.g. {reasons}{more}"
+    return message
+
+
 def build_service_index(config: ServiceConfig, *, progress: bool) -> VideoIndex:
     """Build or load the ``VideoIndex`` of the configured dataset root and split."""
     from clipserve.datasets.index import build_index
@@ -654,7 +697,12 @@ def _resolve_backend(requested: str, records: list[VideoRecord]) -> str:
     """'pyav' or 'dali' for this dataset's codecs (``choose_backend``: errors name codec and remedy)."""
     from clipserve.executors.backend import choose_backend
 
-    return choose_backend(requested, {record.codec for record in records})
+    codecs = {record.codec for record in records}
+    if requested == "pyav":
+        # nothing to detect: without these, choose_backend imports torch and DALI (CUDA libraries)
+        # only to ask for a GPU, about 600 MB of resident memory in the service process
+        return choose_backend(requested, codecs, cuda=False, dali_available=False)
+    return choose_backend(requested, codecs)
 
 
 def _backend_description(backend: str) -> str:

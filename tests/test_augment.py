@@ -216,3 +216,20 @@ def test_non_contiguous_region_view() -> None:
 def test_bad_region_is_a_clear_error(bad: np.ndarray) -> None:
     with pytest.raises(ValueError, match="region must be"):
         augment_clip(bad, make_params(8, 8))
+
+
+@pytest.mark.parametrize("order", [["brightness", "contrast", "saturation", "hue"], ["saturation", "brightness", "hue", "contrast"],
+                                   ["contrast", "saturation", "brightness", "hue"]])
+def test_composed_ops_clamp_like_the_reference(order: list[str]) -> None:
+    """Affine ops are composed into one pass, but an op with factor > 1 that saturates pixels is
+    clamped before the next op, as the reference clamps after every op."""
+    region = np.clip(natural_region(3, 40, 40, seed=14).astype(np.int16) + 90, 0, 255).astype(np.uint8)  # bright
+    params = make_params(40, 40, size=40, color_jitter=jitter(1.6, 0.4, 1.6, 0.1, order))
+    out = augment_clip(region, params)
+    assert_parity(out, reference_augment_clip(region, params))
+    # without the clamp after brightness 1.6 the result would differ a lot where pixels saturate
+    if order[:2] == ["brightness", "contrast"]:
+        tall = region.reshape(-1, 40, 3).astype(np.float64) * 1.6
+        unclamped_mean = float((tall @ np.array([0.299, 0.587, 0.114])).mean())
+        clamped_mean = float((np.minimum(tall, 255) @ np.array([0.299, 0.587, 0.114])).mean())
+        assert unclamped_mean - clamped_mean > 5  # the test input does saturate

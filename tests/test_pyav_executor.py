@@ -343,3 +343,43 @@ def test_resolution_change_mid_stream_is_a_decode_error(video_dir: Path) -> None
     assert decode_frames(path, [12, 20]).shape == (2, 64, 96, 3)
     with pytest.raises(DecodeError, match=r"size_change\.ts: the frame size changes mid-stream: frame 3 is 64x48, frame 15 is 96x64"):
         decode_frames(path, [15, 3, 15])
+
+
+# --- opt-in bilinear chroma upsampling (DALI's conversion) ----------------------------------------
+
+
+@pytest.mark.parametrize("key", ["h264_gop250", "vp9_gop60.webm"])
+def test_bilinear_region_conversion_equals_crop_of_full_conversion(references: dict, key: str) -> None:
+    path, _ = references[key]
+    frame = _decoded_frame(path, 17)
+    full = frame_to_rgb(frame, chroma="bilinear")
+    rng = np.random.default_rng(4)
+    boxes = [Box(0, 0, H, W), Box(1, 1, 1, 1), Box(H - 1, W - 1, 1, 1), Box(2, 2, 2, 2), Box(3, 5, 7, 9), Box(0, 1, H, W - 1)]
+    for _ in range(200):
+        top, left = int(rng.integers(0, H)), int(rng.integers(0, W))
+        boxes.append(Box(top, left, int(rng.integers(1, H - top + 1)), int(rng.integers(1, W - left + 1))))
+    for box in boxes:
+        region = frame_region_to_rgb(frame, box, chroma="bilinear")
+        expected = full[box.top_pixels : box.top_pixels + box.height_pixels, box.left_pixels : box.left_pixels + box.width_pixels]
+        assert np.array_equal(region, expected), box
+
+
+def test_bilinear_chroma_matches_swscale_bilinear_on_vp9(references: dict) -> None:
+    """On VP9 frames (no chroma location) swscale BILINEAR|FULL_CHR_H_INT|ACCURATE_RND is what DALI's
+    CPU decoder gives; the bilinear mode is within rounding of it, nearest chroma is not."""
+    from av.video.reformatter import Interpolation
+
+    path, _ = references["vp9_gop60.webm"]
+    frame = _decoded_frame(path, 30)
+    flags = Interpolation.BILINEAR | Interpolation.FULL_CHR_H_INT | Interpolation.ACCURATE_RND
+    swscale = frame.reformat(format="rgb24", interpolation=flags).to_ndarray().astype(np.int16)
+    bilinear = np.abs(frame_to_rgb(frame, chroma="bilinear") - swscale)
+    nearest = np.abs(frame_to_rgb(frame, chroma="nearest") - swscale)
+    assert bilinear.max() <= 3 and bilinear.mean() < 0.6, (bilinear.max(), bilinear.mean())
+    assert nearest.mean() > 2 * bilinear.mean()
+
+
+def test_chroma_mode_is_checked(references: dict) -> None:
+    path, _ = references["h264_gop12"]
+    with pytest.raises(ValueError, match="chroma"):
+        frame_to_rgb(_decoded_frame(path, 0), chroma="bicubic")  # type: ignore[arg-type]

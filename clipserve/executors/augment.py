@@ -11,13 +11,15 @@ Where each step runs (``augment_clip``, the fast path, OpenCV on uint8):
    (``align_corners=False``), no antialiasing (as PySlowFast's ``interpolate``; ``cv2.INTER_LINEAR``).
 2. **Colour jitter** in ``params.color_jitter.order`` on the resized pixels (pointwise ops commute
    with cropping and resizing up to rounding, and there are fewer pixels after the crop). Each op
-   clamps to [0, 255] and rounds to uint8:
+   clamps to [0, 255]; runs of the affine ops (brightness, contrast, saturation, grayscale) are
+   composed into one matrix and rounded to uint8 once (see ``_colour``):
    brightness ``f·x``; contrast ``f·x + (1−f)·m`` with ``m`` the mean gray level (ITU-R 601-2 luma
    0.299/0.587/0.114) **of the whole clip** (all T frames of the crop box, as PySlowFast which
    jitters the clip as one image; the paper's mean is over full frames, ours over the crop box);
    saturation ``f·x + (1−f)·gray(x)``; hue: rotate H in HSV by ``hue_shift_turns`` turns.
 3. **Grayscale**: ``gray(x)`` copied to the 3 channels.
-4. **Gaussian blur** per frame, on the resized pixels. σ is drawn in *source* pixels
+4. **Gaussian blur** per frame, on the resized pixels (separable, ``cv2.sepFilter2D`` with
+   torchvision's kernel; a grayscale clip is blurred as one channel). σ is drawn in *source* pixels
    (``blur_sigma_source_pixels``, as PySlowFast blurs the decoded frame before cropping); here it is
    converted to output pixels per axis: ``σx = σ·S/w``, ``σy = σ·S/h`` (w, h: crop box width and
    height in source pixels; equal when the box is square). Kernel radius ``ceil(3σ)`` per axis
@@ -216,8 +218,6 @@ def augment_clip(region: np.ndarray, params: AugmentParams) -> np.ndarray:
         sx, sy = sigmas
         kernel_x = _gaussian_kernel(sx, blur_kernel_size_pixels(sx, s))
         kernel_y = _gaussian_kernel(sy, blur_kernel_size_pixels(sy, s))
-        if not frames.flags.writeable or not frames.flags.c_contiguous:
-            frames = np.ascontiguousarray(frames)
         for i in range(t):
             cv2.sepFilter2D(frames[i], -1, kernel_x, kernel_y, dst=frames[i], borderType=cv2.BORDER_REFLECT_101)
     if channels == 1:
