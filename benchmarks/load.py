@@ -79,8 +79,9 @@ class LoadGenerator:
     """Bursts of ``concurrency`` simultaneous requests, back to back, in a thread of its own."""
 
     def __init__(self, url: str, *, concurrency: int, num_videos: int, sheet_fraction: float,
-                 stats_fraction: float, seed: int = 0) -> None:
+                 stats_fraction: float, nice: int = 0, seed: int = 0) -> None:
         self.url = url
+        self.nice = nice
         self.concurrency = concurrency
         self.num_videos = num_videos
         self.sheet_fraction = sheet_fraction
@@ -124,8 +125,13 @@ class LoadGenerator:
 
     def start(self) -> None:
         self._stop.clear()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread = threading.Thread(target=self._thread_main, daemon=True)
         self._thread.start()
+
+    def _thread_main(self) -> None:
+        if self.nice:  # Linux: a thread's nice value is its own
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+        asyncio.run(self._run())
 
     def stop(self) -> None:
         """Ask for no new burst and wait for the current one to be answered."""
@@ -160,6 +166,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=200, help="simultaneous requests per burst")
     parser.add_argument("--sheet-fraction", type=float, default=0.1, help="share of contact-sheet requests")
     parser.add_argument("--stats-fraction", type=float, default=0.3, help="share of /v1/stats requests")
+    parser.add_argument("--generator-nice", type=int, default=19,
+                        help="nice value of the load generator's thread (it shares the machine's CPUs with the "
+                             "service: 19 = it only takes CPU time nobody else wants; 0 = compete)")
     parser.add_argument("--num-clips", type=int, default=2, help="ρ")
     parser.add_argument("--frames-per-clip", type=int, default=8, help="T (frames)")
     parser.add_argument("--frame-stride", type=int, default=8, help="τ (frames)")
@@ -182,7 +191,8 @@ def main() -> int:
         served = _Service(root, args, Path(tmp) / "service.log")
         url = served.consumer.args[3]  # the consumer's command line: [python, script, --consume, URL, ...]
         load = LoadGenerator(url, concurrency=args.concurrency, num_videos=_num_videos(url),
-                             sheet_fraction=args.sheet_fraction, stats_fraction=args.stats_fraction)
+                             sheet_fraction=args.sheet_fraction, stats_fraction=args.stats_fraction,
+                             nice=args.generator_nice)
         try:
             served.window(warmup, 1)  # consumer attached, workers warm
             meter = CpuMeter(served.process.pid)
@@ -212,6 +222,7 @@ def main() -> int:
         "warmup_batches": warmup,
         "repeats": args.repeats,
         "concurrency": args.concurrency,
+        "generator_nice": args.generator_nice,
         "mix": {"sheet": args.sheet_fraction, "stats": args.stats_fraction,
                 "plan": 1 - args.sheet_fraction - args.stats_fraction},
         "undisturbed_clips_per_second": undisturbed,

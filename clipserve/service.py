@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
 import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -65,8 +67,11 @@ RECENT_SUBSTITUTIONS = 100
 #: Stages reported in ``stage_seconds_total``: worker decode, worker augmentation, producer waiting
 #: for workers, batch assembly, and publishing into the channel (copy + waiting for a free slot).
 STAGES = ("decode", "augment", "wait", "assemble", "publish")
-#: Contact sheets decoded at the same time (each is one video decode in a request thread).
+#: Contact sheets decoded at the same time (each is one video decode in a control-plane thread).
 MAX_CONCURRENT_SHEETS = 2
+#: Nice value of the threads that decode contact sheets: the control plane yields the CPU to the
+#: decode workers that feed the trainers (Linux: a thread's nice value is its own).
+CONTROL_PLANE_NICE = 10
 
 
 class ServiceBusyError(ClipserveError):
@@ -399,7 +404,8 @@ class ServiceState:
         self._substitutions: deque[SubstitutionPublic] = deque(maxlen=RECENT_SUBSTITUTIONS)
         self._substitutions_total = 0
         self._closed_totals: dict[str, float] = {}
-        self._sheet_slots = threading.Semaphore(MAX_CONCURRENT_SHEETS)
+        self._sheet_pool = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_SHEETS, thread_name_prefix="clipserve-sheet",
+                                              initializer=_lower_thread_priority)
         self._closed = False
         self._summary = index.summary()  # the index never changes while serving
 
@@ -431,9 +437,13 @@ class ServiceState:
         from clipserve.executors.pyav import execute_plan
 
         clip_plan = self.plan_for(video_index, epoch=epoch, seed=seed)
-        with self._sheet_slots:
+
+        def render() -> bytes:
             clips = execute_plan(self.video_path(video_index), clip_plan)
-        return encode_png(render_contact_sheet(clip_plan, clips))
+            return encode_png(render_contact_sheet(clip_plan, clips))
+
+        # at most MAX_CONCURRENT_SHEETS at once, at lower CPU priority than the decode workers
+        return self._sheet_pool.submit(render).result()
 
     # ----- consumers -----------------------------------------------------------------------------
 
@@ -635,6 +645,7 @@ class ServiceState:
         deadline = time.monotonic() + timeout_seconds
         for session in sessions:
             session.join(max(0.1, deadline - time.monotonic()))
+        self._sheet_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def check_ring_fits(layout: BatchLayout, num_slots: int, shm_dir: Path | None = None) -> None:
@@ -677,6 +688,14 @@ def _no_usable_video_message(config: ServiceConfig, index: VideoIndex) -> str:
         more = f" (and {len(broken) - 3} more)" if len(broken) > 3 else ""
         message += f": all {len(broken)} video file(s) are broken, e.g. {reasons}{more}"
     return message
+
+
+def _lower_thread_priority() -> None:
+    """Give the calling thread nice ``CONTROL_PLANE_NICE`` (Linux; elsewhere nothing happens)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CONTROL_PLANE_NICE)
+    except (AttributeError, OSError):  # pragma: no cover - not Linux, or not permitted
+        pass
 
 
 def build_service_index(config: ServiceConfig, *, progress: bool) -> VideoIndex:

@@ -5,16 +5,16 @@ region that covers the frame), so a crop converted on its own equals, pixel for 
 crop taken from the fully converted frame:
 
 - ``yuv420p`` frames with even width and height (nearly every H.264/VP9 video): the Y, U and V
-  planes are cropped on even coordinates (whole chroma samples), converted with OpenCV's
-  ``COLOR_YUV2RGB_I420`` (BT.601, limited range, each chroma sample covers its 2×2 luma block,
-  every output pixel depends only on its own Y and its own chroma sample), and then trimmed to the
-  exact box. That conversion is local, so cropping before converting changes nothing; it is also
-  about 10× faster than swscale through ``VideoFrame.to_ndarray(format="rgb24")`` at 340×256.
+  planes are cropped on even coordinates (whole chroma samples, plus a one-sample chroma margin for
+  bilinear upsampling), converted with OpenCV (BT.601, limited range), and then trimmed to the
+  exact box, so cropping before converting changes nothing; it is several times faster than
+  swscale through ``VideoFrame.to_ndarray(format="rgb24")`` at 340×256.
 - every other pixel format (full-range ``yuvj420p``, 4:2:2, 4:4:4, 10-bit, odd sizes, RGB codecs):
   swscale converts the whole frame to ``rgb24`` and the box is cut from that.
 
-Chroma upsampling (``CHROMA_UPSAMPLING``, the default of ``chroma=``): ``"nearest"`` is the I420
-conversion above. ``"bilinear"`` upsamples U and V 2× with ``cv2.resize(INTER_LINEAR)`` (half-pixel,
+Chroma upsampling (``CHROMA_UPSAMPLING``, the default of ``chroma=``; default ``"bilinear"`` so that
+the PyAV and DALI executors agree): ``"nearest"`` is OpenCV's ``COLOR_YUV2RGB_I420`` (each chroma
+sample covers its 2×2 luma block, like swscale's default unscaled conversion). ``"bilinear"`` upsamples U and V 2× with ``cv2.resize(INTER_LINEAR)`` (half-pixel,
 centre-sited, edge samples replicated) and converts with the BT.601 limited-range 3×4 matrix
 (``cv2.transform``); this is what DALI's CPU decoder (= swscale ``BILINEAR|FULL_CHR_H_INT|ACCURATE_RND``
 on frames without a chroma location, e.g. VP9) does, to a mean absolute difference of ~0.4/255 and
@@ -56,7 +56,7 @@ def is_fast_format(frame: av.VideoFrame) -> bool:
 
 ChromaUpsampling = Literal["nearest", "bilinear"]
 
-CHROMA_UPSAMPLING: ChromaUpsampling = "nearest"
+CHROMA_UPSAMPLING: ChromaUpsampling = "bilinear"
 """The executor's one conversion (``frame_to_rgb``/``frame_region_to_rgb`` default). "nearest" is
 ~4× cheaper; "bilinear" matches DALI's decoded frames (see the module docstring)."""
 
