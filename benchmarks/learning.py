@@ -2,8 +2,8 @@
 
 On the sample dataset (``clipserve make-sample``: 8 classes = 8 motion patterns, 80 train / 16 val
 videos, built into ``--data`` if missing) this pretrains each objective with the tiny backbone for a
-fixed budget (``--steps`` optimizer steps, cut at ``--minutes-per-run`` wall-clock minutes with a
-Ctrl-C, which makes the trainer save), each against its own ``clipserve start`` service with that
+fixed budget (``--steps`` optimizer steps, cut at ``--minutes-per-run`` wall-clock minutes by the
+trainer's ``--max-seconds``), each against its own ``clipserve start`` service with that
 run's sampling flags. Then it evaluates every checkpoint and a random-init encoder with kNN (k=20,
 cosine, temperature-weighted votes; ``trainer.eval.knn_accuracy``) and a linear probe: the train split
 is the memory bank, the val split the queries, both read once from services started with
@@ -15,6 +15,9 @@ and ``moco-tmax0`` (``--max-span-seconds 0``: all ρ clips start at the same tim
     python benchmarks/learning.py                       # full: see --help for the budget
     python benchmarks/learning.py --quick               # reduced budget for a loaded 2-core machine
     python benchmarks/learning.py --only moco,byol      # a subset
+
+A supervised control (the same backbone, stream and budget, trained with the labels) shows what
+the backbone can learn at all in the budget: self-supervised runs are not expected to beat it.
 
 Prints one JSON document and then a one-line summary; also writes ``<out>/results.json``. Every
 process it starts (services, trainers) is stopped on exit, also on Ctrl-C or an error.
@@ -187,15 +190,14 @@ def pretrain(args: argparse.Namespace, run: RunSpec, out_dir: Path) -> dict[str,
         command = [sys.executable, "-m", "trainer", "--objective", run.objective, "--server", url, "--profile", "cpu",
                    "--backbone", "tiny", "--max-steps", str(args.steps), "--checkpoint-dir", str(ckpt_dir),
                    "--progress", "false", "--log-every-steps", "5", "--checkpoint-every-steps", "100000",
-                   "--device", "cpu", "--seed", str(args.seed), *args.trainer_flags]
+                   "--device", "cpu", "--seed", str(args.seed), "--max-seconds", str(args.minutes_per_run * 60.0),
+                   *args.trainer_flags]
         log_path = out_dir / f"{run.name}-trainer.log"
         started = time.monotonic()
         trainer = _popen(command, log_path, threads=args.trainer_threads)
-        try:
-            trainer.wait(args.minutes_per_run * 60.0)
-            cut = False
+        try:  # --max-seconds stops the trainer at a step boundary; a Ctrl-C is the fallback
+            trainer.wait(args.minutes_per_run * 60.0 + 120.0)
         except subprocess.TimeoutExpired:
-            cut = True  # over budget: Ctrl-C makes the trainer save where it is
             _stop(trainer, signal.SIGINT, timeout_seconds=60.0)
         finally:
             _stop(trainer)
@@ -207,6 +209,7 @@ def pretrain(args: argparse.Namespace, run: RunSpec, out_dir: Path) -> dict[str,
     from trainer.checkpoint import load_checkpoint
 
     steps_done = int(load_checkpoint(ckpt_dir)["step"])
+    cut = steps_done < args.steps
     return {
         "steps": steps_done, "cut_by_time_budget": cut, "wall_seconds": round(wall_seconds, 1),
         "first_loss": metrics[0]["loss"] if metrics else None, "last_loss": metrics[-1]["loss"] if metrics else None,
@@ -260,6 +263,55 @@ def load_model(ckpt_dir: Path) -> Any:
     return model
 
 
+def supervised_control(args: argparse.Namespace, out_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """The reference a self-supervised run cannot beat: the same tiny backbone trained *with labels*
+    (linear head, cross-entropy, SGD lr 0.05) on the same aug+ stream (ρ=2, global sampling) for the
+    same number of steps and time cap. If it stays near chance, the budget/backbone is the limit."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    from clipserve.client import ClipStream
+    from trainer.backbones import build_backbone
+    from trainer.utils import normalize_clips
+
+    torch.manual_seed(args.seed)
+    backbone, feature_dim = build_backbone("tiny")
+    head = nn.Linear(feature_dim, 8)
+    optimizer = torch.optim.SGD([*backbone.parameters(), *head.parameters()], lr=0.05, momentum=0.9, weight_decay=1e-4)
+    losses: list[float] = []
+    started = time.monotonic()
+    flags = sampling_flags(args, num_clips=2, max_span_seconds=None)
+    with service(args.data, out_dir / "supervised-service.log", flags) as url:
+        stream = ClipStream(url, transport="shm")
+        try:
+            backbone.train()
+            for step, batch in enumerate(stream):
+                if step >= args.steps or time.monotonic() - started > args.minutes_per_run * 60.0:
+                    break
+                x = normalize_clips(batch.clips, "cpu").flatten(0, 1)  # (B·ρ, C, T, H, W)
+                y = batch.label.repeat_interleave(batch.clips.shape[1])
+                loss = F.cross_entropy(head(backbone(x)), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+        finally:
+            stream.close()
+
+    class _Features(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = backbone
+
+        def features(self, clips: torch.Tensor) -> torch.Tensor:
+            return self.backbone(clips)
+
+    tail = losses[-10:] or [float("nan")]
+    return _Features(), {"steps": len(losses), "wall_seconds": round(time.monotonic() - started, 1),
+                         "first_loss": losses[0] if losses else None, "last_loss": sum(tail) / len(tail)}
+
+
 def random_model(seed: int) -> Any:
     import torch
 
@@ -292,6 +344,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="service seed and trainer seed")
     parser.add_argument("--k", type=int, default=20, help="kNN neighbours")
     parser.add_argument("--random-seeds", type=int, default=3, help="random-init encoders evaluated (mean reported)")
+    parser.add_argument("--no-supervised-control", action="store_true",
+                        help="skip the supervised reference (same backbone, stream and budget, with labels)")
     parser.add_argument("--trainer-flag", dest="trainer_flags", action="append", default=[],
                         help="extra trainer flag, repeatable, e.g. --trainer-flag=--base-lr --trainer-flag=0.1")
     args = parser.parse_args(argv)
@@ -321,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         random_results = [evaluate(random_model(seed), bank, queries, args.k) for seed in range(args.random_seeds)]
         random_knn = sum(r["knn_top1"] for r in random_results) / len(random_results)
         results: dict[str, Any] = {}
+        supervised: dict[str, Any] | None = None
         for run in runs:
             print(f"[learning] pretraining {run.name} ({args.steps} steps, ≤ {args.minutes_per_run} min) ...",
                   file=sys.stderr, flush=True)
@@ -330,6 +385,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  "knn_vs_random_points": round(100 * (scores["knn_top1"] - random_knn), 1)}
             print(f"[learning] {run.name}: kNN top-1 {scores['knn_top1']:.3f} (random {random_knn:.3f}), "
                   f"{train_info['steps']} steps in {train_info['wall_seconds']} s", file=sys.stderr, flush=True)
+        if not args.no_supervised_control:
+            print("[learning] supervised control (labels, same backbone / stream / budget) ...", file=sys.stderr, flush=True)
+            model, info = supervised_control(args, args.out)
+            scores = evaluate(model, bank, queries, args.k)
+            supervised = {**info, **scores, "knn_vs_random_points": round(100 * (scores["knn_top1"] - random_knn), 1)}
+            print(f"[learning] supervised control: kNN top-1 {scores['knn_top1']:.3f}", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         print("[learning] interrupted", file=sys.stderr)
         return 130
@@ -355,11 +416,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "num_bank_videos": len({int(v) for b in bank for v in b.video_index}),
         "num_query_videos": len({int(v) for b in queries for v in b.video_index}),
         "random_init": {"knn_top1_mean": random_knn, "per_seed": random_results},
-        "runs": results, "targets": targets, "total_wall_seconds": round(time.monotonic() - started, 1),
+        "runs": results, "supervised_control": supervised, "targets": targets, "total_wall_seconds": round(time.monotonic() - started, 1),
     }
     (args.out / "results.json").write_text(json.dumps(document, indent=2))
     print(json.dumps(document, indent=2))
     summary = ", ".join(f"{name} {r['knn_top1']:.3f}" for name, r in results.items())
+    if supervised is not None:
+        summary += f"; supervised control {supervised['knn_top1']:.3f}"
     print(f"learning: kNN top-1 (k={args.k}, {document['num_query_videos']} val queries) random {random_knn:.3f}; "
           f"{summary}; targets {targets}")
     return 0

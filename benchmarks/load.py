@@ -204,9 +204,9 @@ def main() -> int:
                 before = meter.read()
                 try:
                     loaded.append(served.window(warmup, args.batches))
+                    cpu["loaded"].append(meter.delta(before, meter.read()))  # before the last burst drains
                 finally:
                     load.stop()
-                cpu["loaded"].append(meter.delta(before, meter.read()))
                 ratios.append(loaded[-1] / undisturbed[-1])
             healthy = _num_videos(url) > 0
             service_alive = served.process.poll() is None

@@ -404,6 +404,10 @@ class ServiceState:
         self._substitutions: deque[SubstitutionPublic] = deque(maxlen=RECENT_SUBSTITUTIONS)
         self._substitutions_total = 0
         self._closed_totals: dict[str, float] = {}
+        # One thread, created now by the thread that builds the state (normal priority), before
+        # ``lower_control_plane_priority`` may lower the priority of the request threads.
+        self._data_plane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipserve-attach")
+        self._data_plane.submit(lambda: None).result()
         self._sheet_pool = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_SHEETS, thread_name_prefix="clipserve-sheet",
                                               initializer=_lower_thread_priority)
         self._closed = False
@@ -457,7 +461,9 @@ class ServiceState:
             self._attaching += 1
             consumer_id = f"c{next(self._counter)}{secrets.token_hex(3)}"
         try:
-            return self._attach(consumer_id, request)
+            # built in the data-plane thread: the feeder, the producer's threads and its worker
+            # processes inherit that thread's normal CPU priority, not the control plane's
+            return self._data_plane.submit(self._attach, consumer_id, request).result()
         finally:
             with self._lock:
                 self._attaching -= 1
@@ -646,6 +652,7 @@ class ServiceState:
         for session in sessions:
             session.join(max(0.1, deadline - time.monotonic()))
         self._sheet_pool.shutdown(wait=False, cancel_futures=True)
+        self._data_plane.shutdown(wait=False, cancel_futures=True)
 
 
 def check_ring_fits(layout: BatchLayout, num_slots: int, shm_dir: Path | None = None) -> None:
@@ -690,10 +697,26 @@ def _no_usable_video_message(config: ServiceConfig, index: VideoIndex) -> str:
     return message
 
 
+def lower_control_plane_priority() -> None:
+    """Lower the CPU priority of the calling thread and of every thread it starts later.
+
+    Called in the server's event loop thread once the state exists: the request threads (which
+    the event loop starts) then run REST requests, contact sheets and the HTTP batch streams at
+    nice ``CONTROL_PLANE_NICE``, while the decode workers, producers and feeders (started from
+    the state's data-plane thread) keep the normal priority. So bursts of REST requests take CPU
+    time from the decode workers only when the workers leave some. Linux only (a thread's nice
+    value is its own and threads inherit it); elsewhere nothing happens.
+    """
+    _lower_thread_priority()
+
+
 def _lower_thread_priority() -> None:
     """Give the calling thread nice ``CONTROL_PLANE_NICE`` (Linux; elsewhere nothing happens)."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CONTROL_PLANE_NICE)
+        thread_id = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, thread_id)
+        if current < CONTROL_PLANE_NICE:  # never raises the priority (of a service started niced)
+            os.setpriority(os.PRIO_PROCESS, thread_id, CONTROL_PLANE_NICE)
     except (AttributeError, OSError):  # pragma: no cover - not Linux, or not permitted
         pass
 

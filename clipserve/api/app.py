@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from clipserve import __version__
 from clipserve.api.deps import require_token
 from clipserve.api.routers import consumers, health, info, metrics, page, stats, videos
-from clipserve.service import ServiceState
+from clipserve.service import ServiceState, lower_control_plane_priority
 from clipserve.settings import ServiceConfig
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = await run_in_threadpool(make_state)
         app.state.service = service
+        lower_control_plane_priority()  # request threads yield the CPU to the decode workers
         collector = metrics.ServiceCollector(service.stats)
         app.state.metrics_registry.register(collector)
         try:
