@@ -28,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -404,10 +404,6 @@ class ServiceState:
         self._substitutions: deque[SubstitutionPublic] = deque(maxlen=RECENT_SUBSTITUTIONS)
         self._substitutions_total = 0
         self._closed_totals: dict[str, float] = {}
-        # One thread, created now by the thread that builds the state (normal priority), before
-        # ``lower_control_plane_priority`` may lower the priority of the request threads.
-        self._data_plane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipserve-attach")
-        self._data_plane.submit(lambda: None).result()
         self._sheet_pool = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_SHEETS, thread_name_prefix="clipserve-sheet",
                                               initializer=_lower_thread_priority)
         self._closed = False
@@ -436,18 +432,24 @@ class ServiceState:
         return plan(self.index.records[video_index], epoch, video_index, seed, self.sampling, self.augment)
 
     def contact_sheet_png(self, video_index: int, *, epoch: int, seed: int | None = None) -> bytes:
-        """PNG contact sheet of the plan (decoded with the PyAV executor; call from a worker thread)."""
+        """PNG contact sheet of the plan (decoded with the PyAV executor); blocks until it is drawn."""
+        return self.submit_contact_sheet(video_index, epoch=epoch, seed=seed).result()
+
+    def submit_contact_sheet(self, video_index: int, *, epoch: int, seed: int | None = None) -> Future[bytes]:
+        """Start drawing a contact sheet; the future gives the PNG bytes or raises ``DecodeError``.
+
+        At most ``MAX_CONCURRENT_SHEETS`` are drawn at once, in threads at lower CPU priority than
+        the decode workers; an async route awaits the future without holding a request thread.
+        """
         from clipserve.api.render import encode_png, render_contact_sheet
         from clipserve.executors.pyav import execute_plan
 
-        clip_plan = self.plan_for(video_index, epoch=epoch, seed=seed)
-
         def render() -> bytes:
+            clip_plan = self.plan_for(video_index, epoch=epoch, seed=seed)
             clips = execute_plan(self.video_path(video_index), clip_plan)
             return encode_png(render_contact_sheet(clip_plan, clips))
 
-        # at most MAX_CONCURRENT_SHEETS at once, at lower CPU priority than the decode workers
-        return self._sheet_pool.submit(render).result()
+        return self._sheet_pool.submit(render)
 
     # ----- consumers -----------------------------------------------------------------------------
 
@@ -461,9 +463,7 @@ class ServiceState:
             self._attaching += 1
             consumer_id = f"c{next(self._counter)}{secrets.token_hex(3)}"
         try:
-            # built in the data-plane thread: the feeder, the producer's threads and its worker
-            # processes inherit that thread's normal CPU priority, not the control plane's
-            return self._data_plane.submit(self._attach, consumer_id, request).result()
+            return self._attach(consumer_id, request)
         finally:
             with self._lock:
                 self._attaching -= 1
@@ -652,7 +652,6 @@ class ServiceState:
         for session in sessions:
             session.join(max(0.1, deadline - time.monotonic()))
         self._sheet_pool.shutdown(wait=False, cancel_futures=True)
-        self._data_plane.shutdown(wait=False, cancel_futures=True)
 
 
 def check_ring_fits(layout: BatchLayout, num_slots: int, shm_dir: Path | None = None) -> None:
@@ -695,19 +694,6 @@ def _no_usable_video_message(config: ServiceConfig, index: VideoIndex) -> str:
         more = f" (and {len(broken) - 3} more)" if len(broken) > 3 else ""
         message += f": all {len(broken)} video file(s) are broken, e.g. {reasons}{more}"
     return message
-
-
-def lower_control_plane_priority() -> None:
-    """Lower the CPU priority of the calling thread and of every thread it starts later.
-
-    Called in the server's event loop thread once the state exists: the request threads (which
-    the event loop starts) then run REST requests, contact sheets and the HTTP batch streams at
-    nice ``CONTROL_PLANE_NICE``, while the decode workers, producers and feeders (started from
-    the state's data-plane thread) keep the normal priority. So bursts of REST requests take CPU
-    time from the decode workers only when the workers leave some. Linux only (a thread's nice
-    value is its own and threads inherit it); elsewhere nothing happens.
-    """
-    _lower_thread_priority()
 
 
 def _lower_thread_priority() -> None:

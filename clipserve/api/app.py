@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
@@ -20,11 +21,14 @@ from prometheus_client import CollectorRegistry
 from clipserve import __version__
 from clipserve.api.deps import require_token
 from clipserve.api.routers import consumers, health, info, metrics, page, stats, videos
-from clipserve.service import ServiceState, lower_control_plane_priority
+from clipserve.service import ServiceState
 from clipserve.settings import ServiceConfig
 
 if TYPE_CHECKING:
     from clipserve.datasets.index import VideoIndex
+
+#: Threads that run the synchronous routes (plans, lists, stats, contact-sheet waits) at once.
+CONTROL_PLANE_THREADS = 4
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -58,7 +62,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = await run_in_threadpool(make_state)
         app.state.service = service
-        lower_control_plane_priority()  # request threads yield the CPU to the decode workers
+        # Few request threads: they share the GIL with the feeders and the producers' dispatcher
+        # threads, which would otherwise wait behind dozens of runnable request threads
+        # (requests beyond this wait in the event loop instead; HTTP streams have their own limiter).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = CONTROL_PLANE_THREADS
         collector = metrics.ServiceCollector(service.stats)
         app.state.metrics_registry.register(collector)
         try:

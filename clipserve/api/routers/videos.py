@@ -6,10 +6,10 @@ as a file path (the file comes from the index record).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
-from fastapi.concurrency import run_in_threadpool
 
 from clipserve.api.deps import ServiceDep
 from clipserve.api.schemas import MAX_PAGE_LIMIT, VideoPublic, VideosPublic, video_summary
@@ -73,7 +73,7 @@ async def get_contact_sheet(
     """Contact sheet of the plan: one row per clip, its T augmented frames, labelled (PNG)."""
     _check_index(service, video_index)
     try:
-        png = await run_in_threadpool(service.contact_sheet_png, video_index, epoch=epoch, seed=seed)
+        png = await asyncio.wrap_future(service.submit_contact_sheet(video_index, epoch=epoch, seed=seed))
     except DecodeError as exc:
         raise HTTPException(
             status.HTTP_500_INTERNAL_SERVER_ERROR, f"video {video_index} could not be decoded: {exc}"
