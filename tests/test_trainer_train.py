@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,35 @@ def test_stopped_and_resumed_run_gives_the_same_losses(objective, tmp_path):
     metrics = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
     assert all(0.0 <= m["data_wait_fraction"] <= 1.0 and m["clips_per_second"] > 0 for m in metrics)
+
+
+class _CtrlCAfter:
+    """A batch source that sends this process SIGINT (Ctrl-C) when it hands out batch number ``k``."""
+
+    def __init__(self, stream, k: int) -> None:
+        self.stream, self.k = stream, k
+
+    def state_dict(self):
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        self.stream.load_state_dict(state)
+
+    def __iter__(self):
+        for n, batch in enumerate(self.stream, start=1):
+            if n == self.k:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+
+def test_ctrl_c_stops_after_the_step_and_resumes_exactly(tmp_path):
+    base = dict(SMALL, max_steps=6)
+    straight = train(make_config("moco", "cpu", checkpoint_dir=str(tmp_path / "straight"), **base), _stream())
+    first = train(make_config("moco", "cpu", checkpoint_dir=str(tmp_path / "split"), **base), _CtrlCAfter(_stream(), 3))
+    assert first.final_step == 3  # the step in flight finished, then the run stopped and saved
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    resumed = train(make_config("moco", "cpu", checkpoint_dir=str(tmp_path / "split"), resume=True, **base), _stream())
+    assert first.losses + resumed.losses == straight.losses  # bit-exact
 
 
 def test_checkpoint_holds_the_moco_queue_and_momentum_encoder(tmp_path):

@@ -15,7 +15,9 @@ import dataclasses
 import inspect
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -64,11 +66,35 @@ def make_source(config: TrainConfig, rank: int, world_size: int) -> Any:
     return open_clip_stream(config.server, rank=rank, world_size=world_size, transport=config.transport)
 
 
-def _all_ranks_agree_time_is_up(loop_start: float, max_seconds: float, device: torch.device) -> bool:
-    """True once any rank has trained for ``max_seconds``; all ranks stop at the same step."""
-    flag = torch.tensor([1.0 if time.perf_counter() - loop_start >= max_seconds else 0.0], device=device)
+def _any_rank_wants_to_stop(wants_to_stop: bool, device: torch.device) -> bool:
+    """True when any rank asks to stop (Ctrl-C, time budget), so all ranks stop after the same step."""
+    flag = torch.tensor([1.0 if wants_to_stop else 0.0], device=device)
     tdist.all_reduce_sum_(flag)
     return bool(flag.item() > 0)
+
+
+class _GracefulInterrupt:
+    """First Ctrl-C (SIGINT): finish the current step, then stop and save (an exact checkpoint).
+    Second Ctrl-C: abort at once (KeyboardInterrupt; the last complete checkpoint is kept)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "_GracefulInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\n[trainer] Ctrl-C: stopping after this step and saving (Ctrl-C again aborts)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def train(config: TrainConfig, batches: Iterable | None = None) -> TrainResult:
@@ -175,12 +201,21 @@ def _train(config: TrainConfig, source: Iterable) -> TrainResult:
 
     last_position: dict[str, int] | None = per_rank.get("last_batch") if per_rank is not None else None
 
+    def stream_position() -> dict[str, Any] | None:
+        """Where the stream resumes: the next batch, or the fetched batch that was not trained yet."""
+        if not hasattr(source, "state_dict"):
+            return None
+        state = source.state_dict()
+        if batch is not None:
+            state = {**state, "epoch": int(batch.epoch), "step": int(batch.step)}
+        return state
+
     def save(step: int) -> Path | None:
         """All ranks contribute their buffers / RNG / stream position; rank 0 writes."""
         mine = {
             "buffers": {k: v.detach().cpu().clone() for k, v in raw_model.named_buffers()},
             "rng": rng_state(),
-            "stream": source.state_dict() if hasattr(source, "state_dict") else None,
+            "stream": stream_position(),
             "last_batch": last_position,
         }
         gathered: list[Any] = [None] * ctx.world_size
@@ -223,10 +258,14 @@ def _train(config: TrainConfig, source: Iterable) -> TrainResult:
     model.train()
     interrupted = False
     loop_start = time.perf_counter()
+    ctrl_c = _GracefulInterrupt()
     try:
+        ctrl_c.__enter__()
         while step < config.max_steps:
-            if config.max_seconds > 0 and _all_ranks_agree_time_is_up(loop_start, config.max_seconds, device):
-                log(f"time budget of {config.max_seconds:g} s used up at step {step}")
+            time_is_up = config.max_seconds > 0 and time.perf_counter() - loop_start >= config.max_seconds
+            if _any_rank_wants_to_stop(time_is_up or ctrl_c.requested, device):
+                log(f"stopping at step {step}: " + ("time budget of %g s used up" % config.max_seconds if time_is_up
+                                                     else "interrupted (Ctrl-C)"))
                 break
             if batch is None:
                 wait_start = time.perf_counter()
@@ -283,10 +322,12 @@ def _train(config: TrainConfig, source: Iterable) -> TrainResult:
                 save(step)
     except KeyboardInterrupt:
         interrupted = True
-        log(f"interrupted at step {step}")
+        log(f"aborted during step {step + 1}: not saved (a half-applied step would not resume exactly); "
+            "the last complete checkpoint is kept")
     finally:
+        ctrl_c.__exit__()
         bar.close()
-    if not interrupted or ctx.world_size == 1:
+    if not interrupted:
         result.checkpoint_path = save(step)
         if result.checkpoint_path is not None:
             log(f"saved {result.checkpoint_path} at step {step}")
