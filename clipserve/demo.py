@@ -18,6 +18,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -51,6 +52,7 @@ class DemoState:
     train_seconds: float = 30.0
     keep_serving: bool = False
     service: subprocess.Popen | None = None
+    service_output: threading.Thread | None = None
     url: str = ""
 
 
@@ -103,6 +105,8 @@ def step_service(state: DemoState) -> None:
         print(line, end="", flush=True)
         match = re.search(r"serving \d+ videos at (http://\S+)", line)
         if match:
+            state.service_output = threading.Thread(target=_forward_lines, args=(state.service.stdout,), daemon=True)
+            state.service_output.start()
             state.url = match.group(1).rstrip("/")
             state.summary_lines.append(f"service  {state.url} ({line.split('(backend ')[-1].split(')')[0]} backend)")
             return
@@ -144,6 +148,12 @@ def step_inspect(state: DemoState) -> None:
     state.summary_lines.append(f"sheet    {sheet} (one row per clip, its T augmented frames)")
 
 
+def _forward_lines(stream: Any) -> None:
+    """Copy the service's later stdout to ours, so its pipe never fills up."""
+    for line in stream:
+        print(line, end="", flush=True)
+
+
 def _get_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=30) as response:
         return json.loads(response.read())
@@ -151,14 +161,19 @@ def _get_json(url: str) -> dict[str, Any]:
 
 def stop_service(state: DemoState) -> None:
     """SIGTERM the service (it removes its shared memory and joins its workers) and wait for it."""
-    if state.service is None or state.service.poll() is not None:
+    if state.service is None:
         return
-    state.service.send_signal(signal.SIGTERM)
-    try:
-        state.service.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        state.service.kill()
-        state.service.wait()
+    if state.service.poll() is None:
+        state.service.send_signal(signal.SIGTERM)
+        try:
+            state.service.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            state.service.kill()
+            state.service.wait()
+    if state.service_output is not None:
+        state.service_output.join(timeout=10)  # EOF once the service has exited
+    if state.service.stdout is not None:
+        state.service.stdout.close()
 
 
 STEPS: list[tuple[str, Callable[[DemoState], None]]] = [

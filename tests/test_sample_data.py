@@ -11,6 +11,7 @@ import hashlib
 import re
 from collections import Counter
 from fractions import Fraction
+import urllib.request
 from pathlib import Path
 
 import av
@@ -307,13 +308,23 @@ def test_cli_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "num_classes (0) must be in" in capsys.readouterr().err
 
 
-def test_demo_builds_the_dataset_then_indexes_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_runs_the_main_job_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`make demo` in small: dataset, index, real service, real trainer, stats, contact sheet, clean stop."""
+    from PIL import Image
+
     from clipserve.demo import main as demo_main
 
-    argv = ["--root", str(tmp_path / "demo"), "--classes", "1", "--videos-per-class", "2", "--workers", "1"]
+    out_dir = tmp_path / "out"
+    argv = ["--root", str(tmp_path / "demo"), "--classes", "2", "--videos-per-class", "2", "--workers", "1",
+            "--train-seconds", "2", "--crop-size", "32", "--output-dir", str(out_dir)]
     assert demo_main(argv) == 0
     out = capsys.readouterr().out
-    assert "[1/" in out and "made 2 of 2 videos" in out and "demo done" in out
-    assert "index" in out
-    assert demo_main(argv) == 0
-    assert "nothing to do" in capsys.readouterr().out
+    assert "[1/" in out and "made 4 of 4 videos" in out and "demo done" in out
+    assert "serving" in out and "ρMoCo steps" in out and "clips/s since start" in out
+    url = re.search(r"inspect  (http://127\.0\.0\.1:\d+)/", out)
+    assert url, out
+    with Image.open(out_dir / "clips-video0-epoch0.png") as sheet:
+        assert sheet.width > 0 and sheet.height > 0
+    assert (out_dir / "trainer" / "metrics.jsonl").read_text().strip()
+    with pytest.raises(OSError):  # the service was stopped
+        urllib.request.urlopen(f"{url.group(1)}/healthz", timeout=5)
