@@ -201,6 +201,9 @@ def test_cleanup_removes_only_dead_instances():
         assert dead_segment.name in removed and dead_socket_dir.name in removed
         assert not dead_segment.exists() and not dead_socket_dir.exists()
         assert live_segment.exists() and foreign.exists()
+        # a freshly started service whose pid was reused (containers): its own pid's entries are stale
+        assert cleanup_stale_segments(this_process_is_new=True) == [live_segment.name]
+        assert not live_segment.exists() and foreign.exists()
     finally:
         for path in (dead_segment, live_segment, foreign):
             path.unlink(missing_ok=True)

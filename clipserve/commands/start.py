@@ -95,38 +95,6 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _remove_leftovers_of_this_pid() -> list[str]:
-    """Remove /dev/shm entries named with *this* process id (before any ring exists).
-
-    ``cleanup_stale_segments`` keeps entries whose pid is alive; in a container the service often
-    gets the same pid after a crash and restart (e.g. 1 or 7), so its own leftovers would look
-    alive. At this point this process has created nothing yet, so every such entry is stale.
-    """
-    import os
-    import shutil
-
-    from clipserve.transport.ring import NAME_PREFIX, SHM_DIR
-
-    prefix = f"{NAME_PREFIX}-{os.getuid()}-{os.getpid()}-"
-    removed = []
-    try:
-        entries = list(os.scandir(SHM_DIR))
-    except FileNotFoundError:
-        return removed
-    for entry in entries:
-        if not entry.name.startswith(prefix):
-            continue
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
-            removed.append(entry.name)
-        except FileNotFoundError:
-            continue
-    return removed
-
-
 def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
@@ -136,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     from clipserve.api.app import create_app
     from clipserve.service import ServiceState, build_service_index
+    from clipserve.transport.ring import cleanup_stale_segments
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_service_config(_overrides(args), args.config_file)
@@ -144,8 +113,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         print(f"clipserve: indexing {config.dataset}/{config.split} at {config.root} ...", file=sys.stderr, flush=True)
         index = build_service_index(config, progress=getattr(args, "progress", True))
-        _remove_leftovers_of_this_pid()
-        state = ServiceState(config, index)  # also removes leftovers of dead service processes
+        # this process has created no ring yet: entries named with its pid are a crashed
+        # predecessor's (containers reuse pids); ServiceState removes those of dead pids
+        cleanup_stale_segments(this_process_is_new=True)
+        state = ServiceState(config, index)
     except BaseException:
         sock.close()
         raise

@@ -77,11 +77,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def cleanup_stale_segments(shm_dir: Path = SHM_DIR) -> list[str]:
+def cleanup_stale_segments(shm_dir: Path = SHM_DIR, *, this_process_is_new: bool = False) -> list[str]:
     """Remove this user's clipserve segments and socket directories whose creating process is dead.
 
     Only names ``clipserve-<uid>-<pid>-...`` with ``<uid>`` = our uid, owned by us, and ``<pid>`` not
-    alive are touched. Call once when a service starts.
+    alive are touched. Call once when a service starts, before it creates any ring.
+
+    Args:
+        this_process_is_new: also remove entries named with *this* process id. A service restarted
+            in a container often gets the pid of the crashed one (e.g. 1 or 7), so its leftovers
+            would look alive; a process that has created nothing yet owns none of them.
 
     Returns:
         The removed names (file or directory names inside ``shm_dir``).
@@ -95,7 +100,10 @@ def cleanup_stale_segments(shm_dir: Path = SHM_DIR) -> list[str]:
         return removed
     for entry in entries:
         match = pattern.match(entry.name)
-        if not match or _pid_alive(int(match.group(1))):
+        if not match:
+            continue
+        pid = int(match.group(1))
+        if _pid_alive(pid) and not (this_process_is_new and pid == os.getpid()):
             continue
         try:
             info = entry.stat(follow_symlinks=False)
