@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= data/sample-k400
 PYTEST_ARGS ?=
 
-.PHONY: all venv demo test bench clean
+.PHONY: all venv demo test bench bench-long clean
 
 all: venv
 
@@ -27,9 +27,19 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# the quick CPU benchmarks (each prints JSON and a one-line summary; figures in docs/benchmarks.md)
 bench: venv
 	$(BIN)/python benchmarks/index.py
-	$(BIN)/python benchmarks/cpu_executor.py
+	$(BIN)/python benchmarks/augment.py
+	$(BIN)/python benchmarks/cpu_executor.py --quick
+	$(BIN)/python benchmarks/ring.py
+	$(BIN)/python benchmarks/service.py
+
+# longer runs: learning (~11 min quick), REST load, memory over 10,000 batches
+bench-long: venv
+	$(BIN)/python benchmarks/learning.py --quick
+	$(BIN)/python benchmarks/load.py
+	$(BIN)/python benchmarks/memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
