@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing
 import os
 import queue
 import secrets
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -42,7 +45,7 @@ from clipserve.api.schemas import (
     StatsPublic,
     SubstitutionPublic,
 )
-from clipserve.errors import ClipserveError, DatasetError, RingFullError
+from clipserve.errors import ClipserveError, DatasetError, DecodeError, RingFullError
 from clipserve.plan_models import ClipPlan
 from clipserve.settings import ServiceConfig
 from clipserve.transport.layout import BatchLayout
@@ -67,10 +70,11 @@ RECENT_SUBSTITUTIONS = 100
 #: Stages reported in ``stage_seconds_total``: worker decode, worker augmentation, producer waiting
 #: for workers, batch assembly, and publishing into the channel (copy + waiting for a free slot).
 STAGES = ("decode", "augment", "wait", "assemble", "publish")
-#: Contact sheets decoded at the same time (each is one video decode in a control-plane thread).
+#: Contact sheets decoded at the same time, each in its own process (off the service's GIL, which
+#: the data plane feeding the trainers needs).
 MAX_CONCURRENT_SHEETS = 2
-#: Nice value of the threads that decode contact sheets: the control plane yields the CPU to the
-#: decode workers that feed the trainers (Linux: a thread's nice value is its own).
+#: Nice value of the contact-sheet processes: the control plane yields
+#: the CPU to the decode workers that feed the trainers.
 CONTROL_PLANE_NICE = 10
 
 
@@ -404,8 +408,8 @@ class ServiceState:
         self._substitutions: deque[SubstitutionPublic] = deque(maxlen=RECENT_SUBSTITUTIONS)
         self._substitutions_total = 0
         self._closed_totals: dict[str, float] = {}
-        self._sheet_pool = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_SHEETS, thread_name_prefix="clipserve-sheet",
-                                              initializer=_lower_thread_priority)
+        self._sheet_pool_lock = threading.Lock()
+        self._sheet_pool: ProcessPoolExecutor | None = None
         self._closed = False
         self._summary = index.summary()  # the index never changes while serving
 
@@ -438,18 +442,44 @@ class ServiceState:
     def submit_contact_sheet(self, video_index: int, *, epoch: int, seed: int | None = None) -> Future[bytes]:
         """Start drawing a contact sheet; the future gives the PNG bytes or raises ``DecodeError``.
 
-        At most ``MAX_CONCURRENT_SHEETS`` are drawn at once, in threads at lower CPU priority than
-        the decode workers; an async route awaits the future without holding a request thread.
+        Sheets are drawn in a pool of ``MAX_CONCURRENT_SHEETS`` processes at nice
+        ``CONTROL_PLANE_NICE`` (started on first use), so drawing them takes neither the GIL nor
+        CPU priority from the data plane; an async route awaits the future without holding a
+        request thread. A sheet process that crashes fails only its request (``DecodeError``);
+        the pool is replaced.
         """
-        from clipserve.api.render import encode_png, render_contact_sheet
-        from clipserve.executors.pyav import execute_plan
+        clip_plan = self.plan_for(video_index, epoch=epoch, seed=seed)
+        path = str(self.video_path(video_index))
+        sys.audit("clipserve.open_video", path)  # opened in a sheet process, out of this one's audit hooks' sight
+        with self._sheet_pool_lock:
+            if self._closed:
+                raise RuntimeError("the service is shut down")
+            if self._sheet_pool is None:
+                self._sheet_pool = ProcessPoolExecutor(
+                    max_workers=MAX_CONCURRENT_SHEETS, mp_context=multiprocessing.get_context("forkserver"),
+                    initializer=_lower_process_priority)
+            pool = self._sheet_pool
+        result: Future[bytes] = Future()
 
-        def render() -> bytes:
-            clip_plan = self.plan_for(video_index, epoch=epoch, seed=seed)
-            clips = execute_plan(self.video_path(video_index), clip_plan)
-            return encode_png(render_contact_sheet(clip_plan, clips))
+        def done(future: Future[bytes]) -> None:
+            try:
+                result.set_result(future.result())
+            except BrokenProcessPool as exc:
+                with self._sheet_pool_lock:
+                    if self._sheet_pool is pool:
+                        self._sheet_pool = None
+                pool.shutdown(wait=False, cancel_futures=True)
+                result.set_exception(DecodeError(f"video {video_index}: the contact-sheet process died ({exc})"))
+            except BaseException as exc:  # DecodeError and friends, from the sheet process
+                result.set_exception(exc)
 
-        return self._sheet_pool.submit(render)
+        try:
+            pool.submit(draw_contact_sheet_png, path, clip_plan).add_done_callback(done)
+        except BrokenProcessPool as exc:
+            done_with_error: Future[bytes] = Future()
+            done_with_error.set_exception(exc)
+            done(done_with_error)
+        return result
 
     # ----- consumers -----------------------------------------------------------------------------
 
@@ -651,7 +681,10 @@ class ServiceState:
         deadline = time.monotonic() + timeout_seconds
         for session in sessions:
             session.join(max(0.1, deadline - time.monotonic()))
-        self._sheet_pool.shutdown(wait=False, cancel_futures=True)
+        with self._sheet_pool_lock:
+            pool, self._sheet_pool = self._sheet_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def check_ring_fits(layout: BatchLayout, num_slots: int, shm_dir: Path | None = None) -> None:
@@ -696,14 +729,21 @@ def _no_usable_video_message(config: ServiceConfig, index: VideoIndex) -> str:
     return message
 
 
-def _lower_thread_priority() -> None:
-    """Give the calling thread nice ``CONTROL_PLANE_NICE`` (Linux; elsewhere nothing happens)."""
+def draw_contact_sheet_png(path: str, clip_plan: ClipPlan) -> bytes:
+    """Decode ``clip_plan`` from ``path`` with the PyAV executor and draw its contact sheet (PNG bytes).
+    Runs in a contact-sheet process."""
+    from clipserve.api.render import encode_png, render_contact_sheet
+    from clipserve.executors.pyav import execute_plan
+
+    return encode_png(render_contact_sheet(clip_plan, execute_plan(path, clip_plan)))
+
+
+def _lower_process_priority() -> None:
+    """Give the calling process nice ``CONTROL_PLANE_NICE`` (never raising its priority)."""
     try:
-        thread_id = threading.get_native_id()
-        current = os.getpriority(os.PRIO_PROCESS, thread_id)
-        if current < CONTROL_PLANE_NICE:  # never raises the priority (of a service started niced)
-            os.setpriority(os.PRIO_PROCESS, thread_id, CONTROL_PLANE_NICE)
-    except (AttributeError, OSError):  # pragma: no cover - not Linux, or not permitted
+        if os.getpriority(os.PRIO_PROCESS, 0) < CONTROL_PLANE_NICE:
+            os.setpriority(os.PRIO_PROCESS, 0, CONTROL_PLANE_NICE)
+    except (AttributeError, OSError):  # pragma: no cover - not permitted
         pass
 
 

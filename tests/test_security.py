@@ -179,7 +179,7 @@ _watching = threading.Event()
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
     if _watching.is_set() and event in ("open", "os.listdir", "os.scandir", "os.remove", "os.rename", "os.mkdir",
-                                        "shutil.rmtree", "os.chmod"):
+                                        "shutil.rmtree", "os.chmod", "clipserve.open_video"):
         if args and isinstance(args[0], (str, bytes, os.PathLike)):
             _opened.append(os.fsdecode(args[0]))
 
@@ -240,7 +240,8 @@ def test_path_traversal_attempts_get_4xx_and_open_no_file(client: TestClient, me
 
 
 def test_the_audit_hook_sees_the_files_a_request_opens(client: TestClient) -> None:
-    """The check above can fail: a contact sheet opens its video file, and the spies see that."""
+    """The check above can fail: a contact sheet opens its video file (in a sheet process, announced by
+    the ``clipserve.open_video`` audit event), and the spies see that."""
     _opened.clear()
     _watching.set()
     try:
