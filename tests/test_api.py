@@ -346,3 +346,35 @@ def test_shm_attach_creates_a_private_ring_and_detach_removes_it(client) -> None
     assert client.delete(f"/v1/consumers/{info['consumer_id']}").status_code == 204
     assert not segment.exists()
     assert client.delete(f"/v1/consumers/{info['consumer_id']}").status_code == 404
+
+
+def test_a_crashed_contact_sheet_process_fails_only_its_request(config, index) -> None:  # noqa: ANN001
+    """Sheets decode in a process pool: a sheet process killed mid-draw gives that request a
+    DecodeError, and the next sheet is drawn by a fresh pool."""
+    import os
+    import signal
+
+    from clipserve.errors import DecodeError
+    from clipserve.service import ServiceState
+
+    state = ServiceState(config, index)
+    try:
+        assert state.contact_sheet_png(0, epoch=0)[:8] == b"\x89PNG\r\n\x1a\n"  # the pool is up
+        pool = state._sheet_pool
+        assert pool is not None
+        pids = list(pool._processes)  # the sheet processes (children of this process)
+        results = [state.submit_contact_sheet(i % state.num_videos, epoch=1) for i in range(6)]
+        for pid in pids:  # while those 6 sheets are queued or being drawn
+            os.kill(pid, signal.SIGKILL)
+        outcomes = []
+        for future in results:
+            try:
+                outcomes.append(future.result(timeout=120)[:4])
+            except DecodeError as exc:
+                assert "contact-sheet process died" in str(exc)
+                outcomes.append("died")
+        assert "died" in outcomes
+        assert state.contact_sheet_png(1, epoch=2)[:8] == b"\x89PNG\r\n\x1a\n"  # a new pool serves
+        assert state._sheet_pool is not pool
+    finally:
+        state.close()
