@@ -208,6 +208,22 @@ def _dataset(media: Path, root: Path, names: list[str]) -> Path:
     return root
 
 
+def test_a_crashed_or_timed_out_probe_is_retried_by_the_next_run(media: Path, tmp_path: Path) -> None:
+    """'probe crashed' / 'probe timeout' may be the machine's fault, not the file's: not cached for good."""
+    import sqlite3
+
+    root = _dataset(media, tmp_path / "ds", ["h264_25fps.mp4", "vfr.mp4"])
+    first = build_index(root, dataset="folder", workers=0, progress=False)
+    crashed = first.records[0].relative_path
+    with sqlite3.connect(first.cache_path) as connection:
+        connection.execute("UPDATE videos SET status = 'broken', broken_reason = ? WHERE relative_path = ?",
+                           ("probe crashed: the worker process died (exit code -9)", crashed))
+    second = build_index(root, dataset="folder", workers=0, progress=False)
+    assert (second.stats.num_probed, second.stats.num_reused) == (1, 1)
+    assert [r.relative_path for r in second.records] == [r.relative_path for r in first.records]
+    assert second.broken == []
+
+
 def test_cache_reuse_change_and_delete(media: Path, tmp_path: Path) -> None:
     root = _dataset(media, tmp_path / "ds", ["h264_25fps.mp4", "vp9_2997fps.webm", "vfr.mp4"])
     first = build_index(root, dataset="folder", workers=0, progress=False)

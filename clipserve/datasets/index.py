@@ -23,9 +23,11 @@ import stat
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing
+from functools import lru_cache
 from pathlib import Path
+from typing import overload
 
 from pydantic import BaseModel
 from tqdm import tqdm
@@ -47,6 +49,13 @@ logger = logging.getLogger("clipserve.index")
 SCHEMA_VERSION = 1
 DEFAULT_PROBE_TIMEOUT_SECONDS = 60.0
 """A file whose probe takes longer than this (seconds) is recorded as broken ('probe timeout')."""
+
+#: Broken reasons that may be transient (the prober was killed or starved, not the file's fault):
+#: such files are probed again by the next run instead of staying excluded.
+RETRIED_BROKEN_REASONS = ("probe timeout", "probe crashed")
+
+#: Records kept built by ``RecordSequence`` (the most recently used ones).
+RECORD_CACHE_SIZE = 4096
 
 _COLUMNS = (
     "relative_path", "size_bytes", "mtime_ns", "probe_version", "status", "broken_reason", "codec",
@@ -143,11 +152,54 @@ class BuildStats(BaseModel):
 # ----------------------------------------------------------------------------- the index
 
 
+class RecordSequence(Sequence[VideoRecord]):
+    """The usable videos as a read-only sequence that keeps each video's cache row (its timestamps
+    zlib-compressed) and builds the ``VideoRecord`` on access (a bounded LRU cache keeps recent ones).
+
+    Kinetics-400 has ~240k videos of ~300 frames: as Python lists of floats their per-frame
+    timestamps alone would take several GB in the service; compressed rows take a few hundred bytes
+    per video. Indexing, slicing, ``len`` and iteration behave like a list of records.
+    """
+
+    def __init__(self, rows: list[tuple[DatasetEntry, tuple]], cache_size: int = RECORD_CACHE_SIZE) -> None:
+        self._rows = rows
+        self._build = lru_cache(maxsize=cache_size)(self._record_at)
+
+    def _record_at(self, position: int) -> VideoRecord:
+        entry, row = self._rows[position]
+        return _record(entry, row)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, position: int) -> VideoRecord: ...
+
+    @overload
+    def __getitem__(self, position: slice) -> list[VideoRecord]: ...
+
+    def __getitem__(self, position: int | slice) -> VideoRecord | list[VideoRecord]:
+        if isinstance(position, slice):
+            return [self._build(i) for i in range(*position.indices(len(self._rows)))]
+        if position < 0:
+            position += len(self._rows)
+        if not 0 <= position < len(self._rows):
+            raise IndexError(f"video_index ({position}) must be in [0, {len(self._rows)})")
+        return self._build(position)
+
+    def relative_path(self, position: int) -> str:
+        """Relative path of video ``position`` without building its record."""
+        return self._rows[position][0].relative_path
+
+    def __repr__(self) -> str:
+        return f"RecordSequence({len(self._rows)} videos)"
+
+
 class VideoIndex:
     """The usable videos of one split. ``records[i]`` is video ``i`` (sorted by relative path);
     ``broken`` holds the excluded files with their reasons."""
 
-    def __init__(self, *, root: Path, dataset: str, split: str, records: list[VideoRecord],
+    def __init__(self, *, root: Path, dataset: str, split: str, records: Sequence[VideoRecord],
                  broken: list[VideoRecord], class_names: list[str], missing_relative_paths: list[str],
                  cache_path: Path, stats: BuildStats) -> None:
         self.root = root
@@ -171,7 +223,10 @@ class VideoIndex:
         """Absolute path of video ``video_index`` (a position in :attr:`records`)."""
         if not 0 <= video_index < len(self.records):
             raise IndexError(f"video_index ({video_index}) must be in [0, {len(self.records)})")
-        return self.root / self.records[video_index].relative_path
+        records = self.records
+        if isinstance(records, RecordSequence):
+            return self.root / records.relative_path(video_index)
+        return self.root / records[video_index].relative_path
 
     def summary(self) -> IndexSummary:
         ok = self.records
@@ -423,9 +478,11 @@ def build_index(
         if stale:
             cache.delete(stale)
         todo: list[tuple[DatasetEntry, int, int]] = []
+        reason_column = _COLUMNS.index("broken_reason")
         for entry, size_bytes, mtime_ns in present:
             row = cache.rows.get(entry.relative_path)
-            if row is None or row[1] != size_bytes or row[2] != mtime_ns or row[3] != PROBE_VERSION:
+            if (row is None or row[1] != size_bytes or row[2] != mtime_ns or row[3] != PROBE_VERSION
+                    or (row[reason_column] or "").startswith(RETRIED_BROKEN_REASONS)):
                 todo.append((entry, size_bytes, mtime_ns))
         num_workers = _default_workers() if workers is None else workers
         num_workers = min(num_workers, len(todo)) if num_workers else 0
@@ -445,11 +502,16 @@ def build_index(
                         stats.probe_cpu_seconds += result.probe_cpu_seconds
                         bar.update(1)
                 stats.probe_wall_seconds = time.monotonic() - probe_started
-        records: list[VideoRecord] = []
+        ok_rows: list[tuple[DatasetEntry, tuple]] = []
         broken: list[VideoRecord] = []
+        status_column = _COLUMNS.index("status")
         for entry, _, _ in present:
-            record = _record(entry, cache.rows[entry.relative_path])
-            (records if record.status == "ok" else broken).append(record)
+            row = cache.rows[entry.relative_path]
+            if row[status_column] == "ok":
+                ok_rows.append((entry, row))
+            else:
+                broken.append(_record(entry, row))
+        records = RecordSequence(ok_rows)
     finally:
         cache.close()
     stats.elapsed_seconds = time.monotonic() - started
