@@ -320,7 +320,7 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path: Path, capsys: pytest.Captur
     assert demo_main(argv) == 0
     out = capsys.readouterr().out
     assert "[1/" in out and "made 4 of 4 videos" in out and "demo done" in out
-    assert "serving" in out and "ρMoCo steps" in out and "clips/s since start" in out
+    assert "serving" in out and "ρSimCLR steps" in out and "clips/s since start" in out
     url = re.search(r"inspect  (http://127\.0\.0\.1:\d+)/", out)
     assert url, out
     with Image.open(out_dir / "clips-video0-epoch0.png") as sheet:
