@@ -171,19 +171,30 @@ def stop_service(process: subprocess.Popen[bytes], timeout_seconds: float = 30.0
     return StopResult(status, leftovers, commands)
 
 
-def _group_commands(pgid: int) -> list[str]:
-    """Command lines of the live processes in process group ``pgid`` (Linux /proc)."""
-    out = []
+def live_processes() -> Iterator[tuple[int, list[str]]]:
+    """(pid, fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, ...) of every
+    process that is not a zombie (Linux /proc)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                out.append(Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-        except (OSError, ValueError, IndexError):
+        except OSError:
             continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z":
+            yield int(entry), fields
+
+
+def _group_commands(pgid: int) -> list[str]:
+    """Command lines of the live processes in process group ``pgid``."""
+    out = []
+    for pid, fields in live_processes():
+        if int(fields[2]) == pgid:
+            try:
+                out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                continue
     return out
 
 

@@ -23,6 +23,7 @@ from clipserve.cli import main
 from tests.bad_inputs import REPLACEMENT_SIZE_PIXELS, BadInput, replace_video, write_corpus
 from tests.service_helpers import (
     SERVICE_SETTINGS,
+    live_processes,
     make_tiny_dataset,
     read_records,
     start_consumer,
@@ -78,19 +79,8 @@ def _finish(process: Any, out: Path, timeout_seconds: float = 150.0) -> list[dic
 
 
 def _children(pid: int) -> list[int]:
-    """Pids whose parent is ``pid`` (Linux /proc)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-        except (OSError, ValueError):
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(entry))
-    return out
+    """Pids whose parent is ``pid``."""
+    return [child for child, fields in live_processes() if int(fields[1]) == pid]
 
 
 def _decode_workers(service_pid: int) -> list[int]:
