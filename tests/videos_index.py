@@ -68,21 +68,26 @@ def decode_all(path: Path) -> tuple[list[float], list[int], int]:
     return times, keys, frames[0].rotation % 360
 
 
+def _mux_silent_aac(container: av.container.OutputContainer) -> None:
+    """Add a mono 16 kHz AAC track holding 8 frames (0.5 s) of silence to ``container``."""
+    audio = container.add_stream("aac", rate=16000)
+    audio.layout = "mono"
+    for i in range(8):
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 16000, i * 1024
+        for packet in audio.encode(frame):
+            container.mux(packet)
+    for packet in audio.encode():
+        container.mux(packet)
+
+
 def write_zero_frame_video(path: Path) -> Path:
     """A Matroska file whose video track holds no frames (only the audio track has packets)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         video = container.add_stream("mpeg4", rate=30)
         video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        audio = container.add_stream("aac", rate=16000)
-        audio.layout = "mono"
-        for i in range(8):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 16000, i * 1024
-            for packet in audio.encode(frame):
-                container.mux(packet)
-        for packet in audio.encode():
-            container.mux(packet)
+        _mux_silent_aac(container)
     return path
 
 
@@ -90,15 +95,7 @@ def write_audio_only(path: Path) -> Path:
     """An MP4 with one AAC track and no video."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
-        audio = container.add_stream("aac", rate=16000)
-        audio.layout = "mono"
-        for i in range(8):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 16000, i * 1024
-            for packet in audio.encode(frame):
-                container.mux(packet)
-        for packet in audio.encode():
-            container.mux(packet)
+        _mux_silent_aac(container)
     return path
 
 
