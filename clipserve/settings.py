@@ -53,6 +53,11 @@ class ServiceConfig(BaseSettings):
         None, ge=1, le=1024, description="decode worker processes, split across a job's ranks; None = CPU cores"
     )
     prefetch_batches: int = Field(4, ge=1, le=1024, description="batches decoded ahead per consumer (ring slots)")
+    control_plane_nice: int = Field(
+        10, ge=0, le=19,
+        description="nice value of the REST control plane's process (0 = same CPU priority as the data plane; "
+                    "higher = requests yield the CPU to the decode workers and feeders)",
+    )
     # sampling (SamplingConfig)
     num_clips: int = Field(2, description="ρ, clips per video")
     frames_per_clip: int = Field(8, description="T, frames per clip")

@@ -94,6 +94,23 @@ class RunningService:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    @property
+    def data_plane_pid(self) -> int:
+        """The service's data-plane process (it creates the ring segments, named with its pid)."""
+        return data_plane_pid(self.process.pid)
+
+
+def data_plane_pid(service_pid: int) -> int:
+    """The data-plane process of the service ``service_pid``: its spawned multiprocessing child."""
+    for pid, fields in live_processes():
+        if int(fields[1]) == service_pid:
+            try:
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return pid
+            except OSError:
+                continue
+    raise LookupError(f"service {service_pid} has no data-plane process")
+
 
 def _clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPSERVE_")}

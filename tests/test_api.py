@@ -312,8 +312,8 @@ def test_a_video_that_fails_to_decode_is_substituted_and_reported(dataset: Path,
         assert attached.status_code == 201, attached.text
         consumer_id = attached.json()["consumer_id"]
         assert attached.json()["steps_per_epoch"] == 3
-        channel = client.app.state.service.session(consumer_id).channel
-        batches = [channel.get(timeout_seconds=60) for _ in range(3)]  # epoch 0: every video once
+        service = client.app.state.service
+        batches = [service.next_http_batch(consumer_id, 60)[0] for _ in range(3)]  # epoch 0: every video once
         assert all(b is not None for b in batches)
         assert 3 not in {int(v) for b in batches for v in b.video_index}
         stats = client.get("/v1/stats").json()  # (the feeder may already be into epoch 1)

@@ -84,8 +84,10 @@ def _children(pid: int) -> list[int]:
 
 
 def _decode_workers(service_pid: int) -> list[int]:
-    """The service's decode worker processes: children of its forkserver (grandchildren of the service)."""
-    return [grandchild for child in _children(service_pid) for grandchild in _children(child)]
+    """The service's decode worker processes: children of the forkserver of its data-plane process
+    (service → data plane → forkserver → workers)."""
+    return [worker for plane in _children(service_pid) for forkserver in _children(plane)
+            for worker in _children(forkserver)]
 
 
 def test_corrupted_index_cache_at_start_is_rebuilt(service) -> None:  # noqa: ANN001

@@ -27,6 +27,7 @@ from clipserve.plan import plan
 from clipserve.settings import load_service_config
 from tests.service_helpers import (
     SERVICE_SETTINGS,
+    live_processes,
     batch_record,
     make_tiny_dataset,
     read_records,
@@ -91,13 +92,14 @@ def expected(config, index):  # noqa: ANN001, ANN201
 def service(dataset: Path, index, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
     log = tmp_path_factory.mktemp("service-log") / "service.log"
     running = start_service(dataset, log)
+    plane = running.data_plane_pid
     try:
         yield running
     finally:
         stopped = stop_service(running.process)
     assert stopped.status == 0, running.log()[-3000:]
     assert not stopped.leftover_processes, stopped.leftover_commands
-    assert not shm_entries(running.process.pid), "segments left after SIGTERM"
+    assert not shm_entries(plane), "segments left after SIGTERM"
 
 
 class Runs:
@@ -186,7 +188,7 @@ def test_kill_9_of_a_consumer_holding_a_slot_frees_it(service, runs) -> None:  #
     stats = service.get("/v1/stats").json()
     (mine,) = [c for c in stats["consumers"] if c["consumer_id"] == consumer_id]
     assert mine["ring_slots_taken"] >= 1  # the held batch (plus prefetched ones)
-    assert [n for n in shm_entries(service.process.pid) if consumer_id in n], "its ring should exist now"
+    assert [n for n in shm_entries(service.data_plane_pid) if consumer_id in n], "its ring should exist now"
     held.send_signal(signal.SIGKILL)
     held.wait()
 
@@ -195,7 +197,7 @@ def test_kill_9_of_a_consumer_holding_a_slot_frees_it(service, runs) -> None:  #
 
     wait_for(released, 30, "the service to drop the killed consumer")
     assert service.get("/v1/stats").json()["ring_slots_taken"] == 0
-    assert not [n for n in shm_entries(service.process.pid) if consumer_id in n]
+    assert not [n for n in shm_entries(service.data_plane_pid) if consumer_id in n]
     # and the service still takes consumers
     attached = httpx.post(service.url + "/v1/consumers", json={"transport": "http"}, timeout=30)
     assert attached.status_code == 201, attached.text
@@ -255,7 +257,7 @@ def test_page_lists_videos_and_shows_a_plan_in_headless_chromium(service, index,
 
 
 @pytest.mark.slow
-def test_kill_9_of_the_service_then_restart_cleans_up_and_client_resumes(
+def test_kill_9_of_the_whole_service_then_restart_cleans_up_and_client_resumes(
     dataset: Path, index, expected, tmp_path: Path  # noqa: ANN001
 ) -> None:
     first = start_service(dataset, tmp_path / "first.log")
@@ -264,10 +266,11 @@ def test_kill_9_of_the_service_then_restart_cleans_up_and_client_resumes(
     consumer = start_consumer(first.url, out, batches=6, delay_seconds=0.2)
     try:
         wait_for(lambda: len(read_records(out)) >= 2, 60, "two batches before the crash")
-        dead_pid = first.process.pid
+        dead_pid = first.data_plane_pid
         assert shm_entries(dead_pid), "a ring segment should exist while the consumer is attached"
-        first.process.send_signal(signal.SIGKILL)  # the service process only: a crash
+        os.killpg(first.process.pid, signal.SIGKILL)  # a crash of every process: nobody cleans up
         first.process.wait()
+        wait_for(lambda: not _alive(dead_pid), 10, "the data-plane process to die")
         assert shm_entries(dead_pid), "a crash leaves its segments behind"
         second = start_service(dataset, tmp_path / "second.log", port=first.port)
         assert shm_entries(dead_pid) == [], "the next start removes the crashed instance's segments"
@@ -279,7 +282,82 @@ def test_kill_9_of_the_service_then_restart_cleans_up_and_client_resumes(
             consumer.kill()
             consumer.wait()
         stop_service(first.process)
+    plane = second.data_plane_pid
     stopped = stop_service(second.process)
     assert stopped.status == 0  # SIGTERM: clean shutdown
     assert not stopped.leftover_processes, stopped.leftover_commands  # decode workers joined
-    assert shm_entries(second.process.pid) == []
+    assert shm_entries(plane) == []
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_rest_process_makes_the_data_plane_clean_up_and_exit(dataset: Path, tmp_path: Path) -> None:
+    """The data-plane process learns of its parent's death from the kernel (PR_SET_PDEATHSIG) and
+    detaches its consumers itself: segments unlinked, workers joined, nothing left running."""
+    service = start_service(dataset, tmp_path / "service.log")
+    out = tmp_path / "orphan.jsonl"
+    consumer = start_consumer(service.url, out, batches=50, delay_seconds=0.2)
+    try:
+        wait_for(lambda: len(read_records(out)) >= 1, 60, "a batch")
+        plane = service.data_plane_pid
+        assert shm_entries(plane)
+        service.process.send_signal(signal.SIGKILL)  # the REST process only
+        service.process.wait()
+        wait_for(lambda: not _alive(plane), 30, "the data-plane process to exit")
+        assert shm_entries(plane) == [], "the data plane unlinks its segments on the way out"
+        stopped = stop_service(service.process)  # (the process group: decode workers, forkserver)
+        assert not stopped.leftover_processes, stopped.leftover_commands
+    finally:
+        consumer.kill()
+        consumer.wait()
+        stop_service(service.process)
+
+
+def test_a_dead_data_plane_stops_the_service_with_a_clear_error(dataset: Path, tmp_path: Path) -> None:
+    service = start_service(dataset, tmp_path / "service.log")
+    try:
+        os.kill(service.data_plane_pid, signal.SIGKILL)  # e.g. the OOM killer
+        status = service.process.wait(30)
+        assert status == 1, service.log()[-2000:]
+        assert "the data-plane process exited unexpectedly" in service.log()
+    finally:
+        stop_service(service.process)
+
+
+def test_the_control_plane_runs_at_a_lower_cpu_priority_than_the_data_plane(service) -> None:  # noqa: ANN001
+    """--control-plane-nice (default 10): the REST process's request-serving threads yield the CPU to
+    the data-plane process and its decode workers, which keep the priority the service started with."""
+
+    def nice(pid: int, tid: int | None = None) -> int:
+        stat = Path(f"/proc/{pid}/task/{tid or pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[16])
+
+    def threads(pid: int) -> list[int]:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+
+    rest = service.process.pid
+    plane = service.data_plane_pid
+    base = nice(plane)
+    assert nice(rest) == min(19, base + 10)  # the main thread: uvicorn's event loop
+    # the request threads exist once a synchronous route ran (this fixture's service served many)
+    assert sum(nice(rest, t) == min(19, base + 10) for t in threads(rest)) >= 2
+    attached = httpx.post(service.url + "/v1/consumers", json={"transport": "http"}, timeout=30)
+    assert attached.status_code == 201, attached.text
+    try:
+        assert {nice(plane, t) for t in threads(plane)} == {base}  # feeder and dispatcher included
+        workers = wait_for(lambda: [w for f in _children_of(plane) for w in _children_of(f)], 30, "decode workers")
+        assert {nice(w) for w in workers} == {base}
+    finally:
+        httpx.delete(f"{service.url}/v1/consumers/{attached.json()['consumer_id']}", timeout=30)
+
+
+def _children_of(pid: int) -> list[int]:
+    return [child for child, fields in live_processes() if int(fields[1]) == pid]
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (zombies count as dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"

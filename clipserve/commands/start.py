@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import sys
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipserve.errors import ConfigError
 from clipserve.settings import ServiceConfig, load_service_config
+
+if TYPE_CHECKING:
+    from clipserve.service import ServiceState
 
 HELP = "serve clip batches to trainers (shared memory / HTTP) and the REST control plane"
 
@@ -44,6 +50,9 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
      "decode worker processes (processes), split across the ranks of a job: each of W ranks gets "
      "ceil(workers/W); unset: CPU cores"),
     ("--prefetch-batches", "prefetch_batches", int, "batches decoded ahead = ring slots per consumer (batches)"),
+    ("--control-plane-nice", "control_plane_nice", int,
+     "CPU priority of the REST control plane, as a nice value 0..19 added to the data plane's: under a flood "
+     "of requests it takes at most a small share of the CPU from the decode workers"),
     ("--seed", "seed", int, "seed of the plans and of the epoch order"),
     ("--shard-id", "shard_id", int, "this node's shard of every epoch, 0..num_shards-1"),
     ("--num-shards", "num_shards", int, "nodes the epoch is split across (count)"),
@@ -116,10 +125,13 @@ def run(args: argparse.Namespace) -> int:
         # this process has created no ring yet: entries named with its pid are a crashed
         # predecessor's (containers reuse pids); ServiceState removes those of dead pids
         cleanup_stale_segments(this_process_is_new=True)
-        state = ServiceState(config, index)
+        state = ServiceState(config, index, data_plane_process=True)
     except BaseException:
         sock.close()
         raise
+    # after the data-plane process started (it keeps this priority): threads started from now on
+    # (uvicorn's, the request threads, the contact-sheet pool) inherit the lower one
+    lower_thread_priority(config.control_plane_nice)
     url = _url(config.host, port)
     ready_line = f"clipserve: serving {len(index.records)} videos at {url} (backend {state.backend}); Ctrl-C stops"
 
@@ -130,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
                 print(ready_line, flush=True)
 
     app = create_app(config, state_factory=lambda: state)
-    server = _Server(
+    server: _Server = _Server(
         uvicorn.Config(
             app,
             log_level="warning" if args.log_level != "debug" else "debug",
@@ -144,6 +156,9 @@ def run(args: argparse.Namespace) -> int:
     received: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
+    watchdog = threading.Thread(target=_stop_when_data_plane_dies, args=(state, server), daemon=True,
+                                name="clipserve-data-plane-watchdog")
+    watchdog.start()
     try:
         server.run(sockets=[sock])
     finally:
@@ -154,5 +169,37 @@ def run(args: argparse.Namespace) -> int:
     if not server.started:
         print("clipserve start: error: the server did not start (see the log above)", file=sys.stderr)
         return 1
+    if not state.data_plane_alive() and not received:
+        print("clipserve start: error: the data-plane process exited unexpectedly; stopped serving",
+              file=sys.stderr)
+        return 1
     print("clipserve: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+#: How often the watchdog checks that the data-plane process runs, seconds.
+WATCHDOG_INTERVAL_SECONDS = 1.0
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Give the calling thread (and the threads and processes it starts later) ``nice``, never less.
+
+    Linux keeps a nice value per thread; raising it needs no privilege, lowering it back does.
+    """
+    if nice <= 0:
+        return
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, 0)
+        if current < nice:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except (AttributeError, OSError):  # pragma: no cover - not permitted / not POSIX
+        pass
+
+
+def _stop_when_data_plane_dies(state: ServiceState, server: Any) -> None:
+    """Stop serving when the data-plane process is gone (killed, OOM): a supervisor restarts us."""
+    while not server.should_exit:
+        time.sleep(WATCHDOG_INTERVAL_SECONDS)
+        if not state.data_plane_alive() and not server.should_exit:
+            logging.getLogger(__name__).error("the data-plane process exited unexpectedly; stopping the service")
+            server.should_exit = True

@@ -165,6 +165,10 @@ class RecordSequence(Sequence[VideoRecord]):
         self._rows = rows
         self._build = lru_cache(maxsize=cache_size)(self._record_at)
 
+    def __reduce__(self) -> tuple[type, tuple]:
+        """Pickled as its rows (the data-plane process receives the index this way)."""
+        return RecordSequence, (self._rows, self._build.cache_info().maxsize)
+
     def _record_at(self, position: int) -> VideoRecord:
         entry, row = self._rows[position]
         return _record(entry, row)

@@ -14,8 +14,8 @@ from clipserve.api.schemas import ConsumerAttached, ConsumerCreate
 from clipserve.errors import ClipserveError, RingError
 from clipserve.service import (
     MAX_CONSUMERS,
+    ConsumerConflictError,
     ConsumerRequestError,
-    HttpChannel,
     ServiceBusyError,
     UnknownConsumerError,
 )
@@ -68,25 +68,23 @@ def detach_consumer(service: ServiceDep, consumer_id: ConsumerIdPath) -> Respons
 def stream_batches(service: ServiceDep, consumer_id: ConsumerIdPath) -> StreamingResponse:
     """The batches of an HTTP consumer as a stream of binary frames (``encode_batch_frame``)."""
     try:
-        session = service.session(consumer_id)
+        service.open_http_stream(consumer_id)
     except UnknownConsumerError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-    channel = session.channel
-    if not isinstance(channel, HttpChannel):
-        raise HTTPException(status.HTTP_409_CONFLICT, f"consumer {consumer_id!r} uses transport 'shm', not 'http'")
-    if not channel.claim_reader():
-        raise HTTPException(status.HTTP_409_CONFLICT, f"consumer {consumer_id!r} already has a batch stream")
+    except ConsumerConflictError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
 
     async def frames() -> AsyncIterator[bytes]:
         try:
-            while not channel.disconnected:
-                batch = await anyio.to_thread.run_sync(channel.get, STREAM_POLL_SECONDS, limiter=_STREAM_THREADS)
+            while True:
+                batch, going_on = await anyio.to_thread.run_sync(
+                    service.next_http_batch, consumer_id, STREAM_POLL_SECONDS, limiter=_STREAM_THREADS)
                 if batch is not None:
-                    yield await anyio.to_thread.run_sync(encode_batch_frame, batch, channel.layout,
+                    yield await anyio.to_thread.run_sync(encode_batch_frame, batch, service.layout,
                                                          limiter=_STREAM_THREADS)
-        finally:
-            channel.mark_disconnected()
+                if not going_on:
+                    return
+        finally:  # also when the client went away (cancelled: no await possible here); a quick call
+            service.close_http_stream(consumer_id)
 
     return StreamingResponse(frames(), media_type=FRAME_MEDIA_TYPE)
-
-

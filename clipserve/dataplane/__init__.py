@@ -1,0 +1,1 @@
+"""The data plane: attached consumers (producer → feeder → channel), in-process or in a process of its own."""
