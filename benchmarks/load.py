@@ -1,20 +1,29 @@
-"""Benchmark: a consumer's throughput while the REST control plane takes bursts of 200 concurrent requests.
+"""Benchmark: a consumer's throughput while the REST control plane serves 200 concurrent requests.
 
 ``python -m clipserve start`` runs as a subprocess with a consumer process reading ``ClipStream``
 batches (shared memory, the consumer of ``benchmarks/service.py``). The run alternates windows:
 
   - ``undisturbed``: the consumer times ``--batches`` batches, no REST traffic;
-  - ``loaded``: the same, while this process keeps the control plane busy with bursts of
-    ``--concurrency`` (200) simultaneous requests: plans (``/v1/videos/{i}/plan``, random video and
-    epoch), contact sheets (``/v1/videos/{i}/clips.png``, decoded in the service process) and
-    ``/v1/stats``, a new burst as soon as the previous one is answered.
+  - ``loaded``: the same, while a load-generator process keeps ``--concurrency`` (200) requests in
+    flight (``--mode closed-loop``: each of 200 connections sends its next request as soon as the
+    previous one is answered; ``--mode bursts``: 200 at once, the next burst when all are answered):
+    plans (``/v1/videos/{i}/plan``, random video and epoch), contact sheets
+    (``/v1/videos/{i}/clips.png``, decoded by the service) and ``/v1/stats``.
 
-The ratio loaded / undisturbed of each pair of windows is reported, and their median (target ≥ 0.90),
-with every non-2xx answer and transport error counted and request latencies. Prints one JSON object
-and a one-line summary. Note that on a machine with few cores the load generator (this process)
-and the contact sheets compete with the decode workers for the same CPUs.
+The ratio loaded / undisturbed of each pair of windows is reported (pairs alternate their order, so
+a drift of the machine's speed cancels out), and their median (target ≥ 0.90),
+with every non-2xx answer and transport error counted, request latencies, and the CPU seconds per
+window of the service's REST process, its data-plane process, its decode workers, its
+contact-sheet processes and the load generator (these include the batches the ring buffered
+before a window, so compare CPU within a window type, not across). Prints one JSON object and a
+one-line summary.
 
-    .venv/bin/python benchmarks/load.py [--root DIR] [--repeats 4] [--batches 20] [--workers N]
+The generator is a process of its own (its own session, hence its own scheduler autogroup on
+Linux) with a minimal asyncio HTTP/1.1 client: tens of microseconds of CPU per request, so that on
+a small machine the measurement charges the service for answering, not the generator for asking.
+
+    .venv/bin/python benchmarks/load.py [--root DIR] [--repeats 10] [--batches 30] [--workers N]
+        [--control-plane-nice 0..19] [--mode closed-loop|bursts] [--generator-nice 0..19]
 
 Without ``--root`` the synthetic dataset of ``benchmarks/service.py`` is used (built once under
 ``/tmp/clipserve-bench/k400``: 24 videos, 4 classes, ≤ 4 s, 170×128 px).
@@ -42,7 +51,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.memory import descendants  # noqa: E402
+from benchmarks.memory import descendants, is_data_plane  # noqa: E402
 from benchmarks.service import _ensure_dataset, _Service, _settings  # noqa: E402
 
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
@@ -58,17 +67,9 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-def _is_data_plane(pid: int) -> bool:
-    """Whether ``pid`` is a data-plane process (the spawned multiprocessing manager server)."""
-    try:
-        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
-
 class CpuMeter:
-    """CPU seconds used by the service's REST process, its data-plane process with the decode workers,
-    its contact-sheet processes, and the load generator process."""
+    """CPU seconds used by the service's REST process, its data-plane process, the decode workers (and
+    their forkserver), the contact-sheet processes, and the load generator process."""
 
     def __init__(self, service_pid: int, generator_pid: int) -> None:
         self.service_pid = service_pid
@@ -76,14 +77,13 @@ class CpuMeter:
 
     def read(self) -> dict[str, float]:
         children = set(descendants(self.service_pid))
-        data_plane = [pid for pid in children if _is_data_plane(pid)]
-        data_plane_tree = set(data_plane)
-        for pid in data_plane:
-            data_plane_tree.update(descendants(pid))
+        data_plane = [pid for pid in children if is_data_plane(pid)]
+        workers = {worker for pid in data_plane for worker in descendants(pid)}
         return {
             "rest": cpu_seconds(self.service_pid),
-            "data_plane_and_workers": sum(cpu_seconds(pid) for pid in data_plane_tree),
-            "contact_sheets": sum(cpu_seconds(pid) for pid in children - data_plane_tree),
+            "data_plane": sum(cpu_seconds(pid) for pid in data_plane),
+            "decode_workers": sum(cpu_seconds(pid) for pid in workers),
+            "contact_sheets": sum(cpu_seconds(pid) for pid in children - workers - set(data_plane)),
             "load_generator": cpu_seconds(self.generator_pid),
         }
 
@@ -310,18 +310,21 @@ class GeneratorProcess:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=None, help="K400-layout dataset (default: a small synthetic one)")
-    parser.add_argument("--batches", type=int, default=20, help="timed batches per window")
-    parser.add_argument("--repeats", type=int, default=4, help="pairs of windows (undisturbed, loaded)")
+    parser.add_argument("--batches", type=int, default=30, help="timed batches per window")
+    parser.add_argument("--repeats", type=int, default=10,
+                        help="pairs of windows (undisturbed then loaded, and the other way round in odd pairs)")
     parser.add_argument("--concurrency", type=int, default=200, help="simultaneous requests per burst")
     parser.add_argument("--mode", choices=["closed-loop", "bursts"], default="closed-loop",
                         help="closed-loop: --concurrency requests always in flight; bursts: --concurrency at once, "
                              "the next burst when all are answered")
     parser.add_argument("--sheet-fraction", type=float, default=0.1, help="share of contact-sheet requests")
     parser.add_argument("--stats-fraction", type=float, default=0.3, help="share of /v1/stats requests")
-    parser.add_argument("--generator-nice", type=int, default=19,
+    parser.add_argument("--generator-nice", type=int, default=0,
                         help="nice value of the load generator's process and of its session's autogroup (it "
                              "shares the machine's CPUs with the service: 19 = it only takes CPU time nobody "
                              "else wants, as clients on other machines would; 0 = compete)")
+    parser.add_argument("--control-plane-nice", type=int, default=None,
+                        help="the service's --control-plane-nice (default: the service's default, 19)")
     parser.add_argument("--generate", metavar="URL", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--num-clips", type=int, default=2, help="ρ")
     parser.add_argument("--frames-per-clip", type=int, default=8, help="T (frames)")
@@ -350,17 +353,19 @@ def main() -> int:
         try:
             served.window(warmup, 1)  # consumer attached, workers warm
             meter = CpuMeter(served.process.pid, load.process.pid)
-            for _ in range(args.repeats):
-                before = meter.read()
-                undisturbed.append(served.window(warmup, args.batches))
-                cpu["undisturbed"].append(meter.delta(before, meter.read()))
-                load.start()
-                before = meter.read()
-                try:
-                    loaded.append(served.window(warmup, args.batches))
-                    cpu["loaded"].append(meter.delta(before, meter.read()))  # before the last burst drains
-                finally:
-                    load.stop()
+            for pair in range(args.repeats):
+                # alternate the order (U L, L U, ...) so that a drift of the machine's speed cancels out
+                for kind in ("undisturbed", "loaded") if pair % 2 == 0 else ("loaded", "undisturbed"):
+                    if kind == "loaded":
+                        load.start()
+                    before = meter.read()
+                    try:
+                        rate = served.window(warmup, args.batches)
+                        cpu[kind].append(meter.delta(before, meter.read()))  # before the last requests drain
+                    finally:
+                        if kind == "loaded":
+                            load.stop()
+                    (loaded if kind == "loaded" else undisturbed).append(rate)
                 ratios.append(loaded[-1] / undisturbed[-1])
             healthy = _num_videos(url) > 0
             service_alive = served.process.poll() is None
@@ -393,7 +398,8 @@ def main() -> int:
                     "load_average_1m": os.getloadavg()[0]},
     }
     print(json.dumps(result, indent=1))
-    print(f"load: consumer {statistics.median(loaded):.1f} clips/s under {args.concurrency}-request bursts vs "
+    print(f"load: consumer {statistics.median(loaded):.1f} clips/s with {args.concurrency} requests in flight "
+          f"({args.mode}) vs "
           f"{statistics.median(undisturbed):.1f} undisturbed = {100 * ratio:.1f}% (target ≥ 90%); "
           f"{load_summary['requests']} requests, {load_summary['non_2xx']} non-2xx")
     return 0

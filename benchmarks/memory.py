@@ -6,8 +6,9 @@ batches through shared memory (the consumer of ``benchmarks/service.py``), with 
 ``--sample-every`` batches this process reads, from ``/proc``, the resident set size (RSS) and the
 proportional set size (PSS: shared pages split between the processes sharing them) of
 
-  - the service process,
-  - its decode workers (and their fork server): every descendant, summed,
+  - the service's REST process,
+  - its data-plane process (consumers, producers, rings),
+  - its decode workers (and their fork server, the resource tracker): every other descendant, summed,
   - the consumer process.
 
 It reports, per group, the RSS at the first and last sample and the growth per 1,000 batches: the
@@ -83,13 +84,26 @@ def memory_bytes(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
+def is_data_plane(pid: int) -> bool:
+    """Whether ``pid`` is a service's data-plane process (its spawned multiprocessing child)."""
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def _sample(service_pid: int, consumer_pid: int) -> dict[str, Any]:
-    workers = descendants(service_pid)
+    children = descendants(service_pid)
+    planes = [pid for pid in children if is_data_plane(pid)]
+    workers = [pid for pid in children if pid not in planes]
     service_rss, service_pss = memory_bytes(service_pid)
+    plane_memory = [memory_bytes(pid) for pid in planes]
     worker_memory = [memory_bytes(pid) for pid in workers]
     consumer_rss, consumer_pss = memory_bytes(consumer_pid)
     return {
         "service_rss_bytes": service_rss, "service_pss_bytes": service_pss,
+        "data_plane_rss_bytes": sum(m[0] for m in plane_memory),
+        "data_plane_pss_bytes": sum(m[1] for m in plane_memory),
         "workers_rss_bytes": sum(m[0] for m in worker_memory), "workers_pss_bytes": sum(m[1] for m in worker_memory),
         "worker_processes": len(workers),
         "consumer_rss_bytes": consumer_rss, "consumer_pss_bytes": consumer_pss,
@@ -145,7 +159,7 @@ def main() -> int:
     steady = [s for s in samples if s["batches"] >= 0.1 * args.batches] or samples
     xs = [s["batches"] for s in steady]
     groups = {}
-    for group in ("service", "workers", "consumer"):
+    for group in ("service", "data_plane", "workers", "consumer"):
         groups[group] = {
             "first_rss_bytes": samples[0][f"{group}_rss_bytes"],
             "last_rss_bytes": samples[-1][f"{group}_rss_bytes"],

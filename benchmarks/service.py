@@ -50,6 +50,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "prefetch_batches": args.prefetch_batches,
         "seed": 0,
         "backend": "pyav",
+        **({"control_plane_nice": args.control_plane_nice} if getattr(args, "control_plane_nice", None) is not None else {}),
     }
 
 
@@ -101,7 +102,8 @@ def _timed_window(batches: Any, warmup: int, timed: int) -> float:
 def _start_service(root: Path, args: argparse.Namespace, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     flags = {"num_clips": "--num-clips", "frames_per_clip": "--frames-per-clip", "frame_stride": "--frame-stride",
              "crop_size_pixels": "--crop-size", "batch_size": "--batch-size", "workers": "--workers",
-             "prefetch_batches": "--prefetch-batches", "seed": "--seed", "backend": "--backend"}
+             "prefetch_batches": "--prefetch-batches", "seed": "--seed", "backend": "--backend",
+             "control_plane_nice": "--control-plane-nice"}
     command = [sys.executable, "-m", "clipserve", "start", "--dataset", "k400", "--root", str(root), "--port", "0",
                "--no-progress", "--log-level", "warning"]
     for key, value in _settings(args).items():
@@ -189,6 +191,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8, help="B (videos)")
     parser.add_argument("--workers", type=int, default=None, help="decode workers (default: CPU cores)")
     parser.add_argument("--prefetch-batches", type=int, default=4, help="batches in flight / ring slots")
+    parser.add_argument("--control-plane-nice", type=int, default=None,
+                        help="the service's --control-plane-nice (default: the service's default)")
     parser.add_argument("--consume", metavar="URL", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.consume:

@@ -54,9 +54,9 @@ class ServiceConfig(BaseSettings):
     )
     prefetch_batches: int = Field(4, ge=1, le=1024, description="batches decoded ahead per consumer (ring slots)")
     control_plane_nice: int = Field(
-        10, ge=0, le=19,
-        description="nice value of the REST control plane's process (0 = same CPU priority as the data plane; "
-                    "higher = requests yield the CPU to the decode workers and feeders)",
+        19, ge=0, le=19,
+        description="nice value added to the REST control plane's process (0 = the data plane's CPU priority; "
+                    "19 = requests take only the CPU the decode workers and feeders leave)",
     )
     # sampling (SamplingConfig)
     num_clips: int = Field(2, description="ρ, clips per video")

@@ -209,6 +209,24 @@ def test_cleanup_removes_only_dead_instances():
             path.unlink(missing_ok=True)
 
 
+
+def test_cleanup_treats_a_zombie_creator_as_dead():
+    """A service killed with everything it started stays a zombie until someone reaps it (a
+    container's pid 1 may never do so); its segments are stale all the same."""
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    segment = SHM_DIR / f"clipserve-{os.getuid()}-{zombie.pid}-deadbeef-c0"
+    try:
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{zombie.pid}/stat").read_text().split(") ")[1][:1] != "Z":  # exited, not reaped
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.02)
+        segment.write_bytes(b"x")
+        assert segment.name in cleanup_stale_segments()
+        assert not segment.exists()
+    finally:
+        segment.unlink(missing_ok=True)
+        zombie.wait(timeout=30)
+
 # ----- channel with consumers in other processes --------------------------------------------------
 
 

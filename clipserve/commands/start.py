@@ -51,8 +51,8 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
      "ceil(workers/W); unset: CPU cores"),
     ("--prefetch-batches", "prefetch_batches", int, "batches decoded ahead = ring slots per consumer (batches)"),
     ("--control-plane-nice", "control_plane_nice", int,
-     "CPU priority of the REST control plane, as a nice value 0..19 added to the data plane's: under a flood "
-     "of requests it takes at most a small share of the CPU from the decode workers"),
+     "CPU priority of the REST control plane, a nice value 0..19 added to the data plane's: under a flood "
+     "of requests it takes little CPU from the decode workers (0: equal priority, the stream slows down)"),
     ("--seed", "seed", int, "seed of the plans and of the epoch order"),
     ("--shard-id", "shard_id", int, "this node's shard of every epoch, 0..num_shards-1"),
     ("--num-shards", "num_shards", int, "nodes the epoch is split across (count)"),

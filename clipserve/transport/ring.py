@@ -68,13 +68,22 @@ def segment_name(instance_token: str, consumer_id: str, *, pid: int | None = Non
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie.
+
+    A killed service's processes can stay zombies for a long time (a container's pid 1 that does
+    not reap orphans, or a slow init): they are dead, and their segments are stale.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone meanwhile, or no /proc (not Linux): trust kill()
+        return not Path("/proc").is_dir()
+    return stat_line[stat_line.rindex(")") + 2:][:1] not in ("Z", "X")
 
 
 def cleanup_stale_segments(shm_dir: Path = SHM_DIR, *, this_process_is_new: bool = False) -> list[str]:
