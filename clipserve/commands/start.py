@@ -181,17 +181,18 @@ def run(args: argparse.Namespace) -> int:
 WATCHDOG_INTERVAL_SECONDS = 1.0
 
 
-def lower_thread_priority(nice: int) -> None:
-    """Give the calling thread (and the threads and processes it starts later) ``nice``, never less.
+def lower_thread_priority(increment: int) -> None:
+    """Add ``increment`` to the nice value of the calling thread (capped at 19), and so to the threads
+    and processes it starts later.
 
-    Linux keeps a nice value per thread; raising it needs no privilege, lowering it back does.
+    Linux keeps a nice value per thread (``PRIO_PROCESS`` with 0 is the calling thread); raising it
+    needs no privilege, lowering it back does.
     """
-    if nice <= 0:
+    if increment <= 0:
         return
     try:
         current = os.getpriority(os.PRIO_PROCESS, 0)
-        if current < nice:
-            os.setpriority(os.PRIO_PROCESS, 0, nice)
+        os.setpriority(os.PRIO_PROCESS, 0, min(19, current + increment))
     except (AttributeError, OSError):  # pragma: no cover - not permitted / not POSIX
         pass
 
