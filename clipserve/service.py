@@ -28,16 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from clipserve import __version__
 from clipserve.api.schemas import ConsumerCreate, ConsumerPublic, InfoPublic, StatsPublic
-from clipserve.dataplane.plane import (  # noqa: F401 - re-exported for the routers
-    MAX_CONSUMERS,
-    ConsumerConflictError,
-    ConsumerRequestError,
-    DataPlane,
-    ProducerFactory,
-    ServiceBusyError,
-    UnknownConsumerError,
-    steps_per_epoch,
-)
+from clipserve.dataplane.plane import DataPlane, ProducerFactory, steps_per_epoch
 from clipserve.errors import DatasetError, DecodeError
 from clipserve.plan_models import ClipPlan
 from clipserve.settings import ServiceConfig
@@ -214,10 +205,6 @@ class ServiceState:
 
     def close_http_stream(self, consumer_id: str) -> None:
         self.data_plane.close_http_stream(consumer_id)
-
-    def workers_per_consumer(self, world_size: int) -> int:
-        """Decode workers of one consumer: the service's ``workers`` split across the job's ranks."""
-        return max(1, -(-self.config.resolved_workers() // world_size))
 
     def steps_per_epoch(self, world_size: int) -> int:
         """Batches per epoch of each consumer when ``world_size`` consumers share this shard."""
