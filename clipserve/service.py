@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipserve import __version__
-from clipserve.api.schemas import ConsumerCreate, ConsumerPublic, InfoPublic, StatsPublic
+from clipserve.api.schemas import ConsumerCreate, InfoPublic, StatsPublic
 from clipserve.dataplane.plane import DataPlane, ProducerFactory, steps_per_epoch
 from clipserve.errors import DatasetError, DecodeError
 from clipserve.plan_models import ClipPlan
@@ -190,10 +190,6 @@ class ServiceState:
             self.data_plane.detach(consumer_id, timeout_seconds)
         finally:
             self._stats_cache = None
-
-    def consumers(self) -> list[ConsumerPublic]:
-        """Every attached consumer's position, counters and ring occupancy."""
-        return self.data_plane.consumers()
 
     def open_http_stream(self, consumer_id: str) -> None:
         """Become the one reader of an 'http' consumer (``UnknownConsumerError``, ``ConsumerConflictError``)."""

@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
                 print(ready_line, flush=True)
 
     app = create_app(config, state_factory=lambda: state)
-    server: _Server = _Server(
+    server = _Server(
         uvicorn.Config(
             app,
             log_level="warning" if args.log_level != "debug" else "debug",

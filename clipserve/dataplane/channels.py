@@ -11,6 +11,7 @@ import threading
 from typing import Any, Protocol
 
 from clipserve.errors import RingFullError
+from clipserve.transport.channel import ChannelState
 from clipserve.transport.layout import BatchLayout
 
 
@@ -27,7 +28,7 @@ class Channel(Protocol):
     def close(self, reason: str = ...) -> None: ...
 
 
-class HttpChannel:
+class HttpChannel(ChannelState):
     """A bounded queue of batches read by one HTTP stream (transport 'http').
 
     ``put`` blocks while ``num_slots`` batches wait (bounded memory, like the ring); the
@@ -36,26 +37,12 @@ class HttpChannel:
     """
 
     def __init__(self, layout: BatchLayout, num_slots: int, consumer_id: str) -> None:
+        super().__init__()
         self.layout = layout
         self.num_slots = num_slots
         self.consumer_id = consumer_id
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=num_slots)
-        self._connected = threading.Event()
-        self._disconnected = threading.Event()
         self._reader_lock = threading.Lock()
-        self._closed = False
-
-    @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
-
-    @property
-    def disconnected(self) -> bool:
-        return self._disconnected.is_set()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def attach_info(self) -> dict[str, Any]:
         return {

@@ -11,13 +11,13 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
-import time
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from clipserve.api.schemas import ConsumerCreate, ConsumerPublic, StatsPublic, SubstitutionPublic
+from clipserve.api.schemas import ConsumerCreate, StatsPublic, SubstitutionPublic
 from clipserve.dataplane.channels import Channel, HttpChannel
 from clipserve.dataplane.sessions import ConsumerSession, _RateMeter
 from clipserve.errors import ClipserveError
@@ -64,7 +64,6 @@ class ConsumerConflictError(ClipserveError):
 ProducerFactory = Callable[..., "BatchProducer"]
 
 
-
 def steps_per_epoch(num_videos: int, *, batch_size: int, num_shards: int, world_size: int) -> int:
     """Batches per epoch of each consumer when ``world_size`` consumers share one of ``num_shards``."""
     from clipserve.plan import consumer_epoch_length
@@ -105,10 +104,6 @@ class DataPlane:
         self._substitutions_total = 0
         self._closed_totals: dict[str, float] = {}
         self._closed = False
-
-    def ping(self) -> bool:
-        """True (a round trip, for liveness checks of a data-plane process)."""
-        return True
 
     # ----- consumers -----------------------------------------------------------------------------
 
@@ -214,12 +209,6 @@ class DataPlane:
         session = self._session(consumer_id)
         session.stop("detached")
         session.join(timeout_seconds)
-
-    def consumers(self) -> list[ConsumerPublic]:
-        """Every attached consumer's position, counters and ring occupancy."""
-        with self._lock:
-            sessions = list(self._consumers.values())
-        return [s.public() for s in sessions]
 
     def _forget(self, session: ConsumerSession) -> None:
         with self._lock:

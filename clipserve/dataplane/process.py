@@ -107,7 +107,6 @@ class DataPlaneProcess:
         except BaseException:
             self._manager.shutdown()
             raise
-        self.pid: int | None = self._manager._process.pid  # type: ignore[attr-defined]
 
     def alive(self) -> bool:
         """Whether the process is still running."""

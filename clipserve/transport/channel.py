@@ -126,7 +126,32 @@ class _LineReader:
             self._buffer += chunk
 
 
-class ConsumerChannel:
+class ChannelState:
+    """The lifecycle flags of a consumer channel (``ConsumerChannel``, ``HttpChannel``): whether the
+    consumer connected, whether it went away, whether the service closed the channel."""
+
+    def __init__(self) -> None:
+        self._connected = threading.Event()
+        self._disconnected = threading.Event()
+        self._closed = False
+
+    @property
+    def connected(self) -> bool:
+        """True once the consumer connected (stays true after it disconnects)."""
+        return self._connected.is_set()
+
+    @property
+    def disconnected(self) -> bool:
+        """True once the consumer's connection closed (it exited, died, or detached)."""
+        return self._disconnected.is_set()
+
+    @property
+    def closed(self) -> bool:
+        """True after ``close()``."""
+        return self._closed
+
+
+class ConsumerChannel(ChannelState):
     """Server side of one consumer's ring: owns the segment, the socket and the slot bookkeeping.
 
     Args:
@@ -153,6 +178,7 @@ class ConsumerChannel:
     ) -> None:
         if isinstance(num_slots, bool) or not isinstance(num_slots, int) or not 1 <= num_slots <= 4096:
             raise ValueError(f"num_slots ({num_slots!r}) must be an int in [1, 4096]")
+        super().__init__()
         self.layout = layout
         self.num_slots = num_slots
         self.consumer_id = consumer_id
@@ -190,9 +216,6 @@ class ConsumerChannel:
         self._announced: set[int] = set()  # slots sent to the consumer, not yet released
         self._pending: list[bytes] = []  # announcements waiting for the consumer to connect
         self._connection: socket.socket | None = None
-        self._connected = threading.Event()
-        self._disconnected = threading.Event()
-        self._closed = False
         self._sequence = 0
         self.published_batches = 0
         self._thread = threading.Thread(target=self._serve, name=f"clipserve-channel-{consumer_id}", daemon=True)
@@ -219,21 +242,6 @@ class ConsumerChannel:
             "layout": self.layout.describe(),
             "protocol": PROTOCOL_VERSION,
         }
-
-    @property
-    def connected(self) -> bool:
-        """True once the consumer connected (stays true after it disconnects)."""
-        return self._connected.is_set()
-
-    @property
-    def disconnected(self) -> bool:
-        """True once the consumer's connection closed (it exited, died, or detached)."""
-        return self._disconnected.is_set()
-
-    @property
-    def closed(self) -> bool:
-        """True after ``close()``."""
-        return self._closed
 
     def wait_connected(self, timeout_seconds: float | None) -> bool:
         """Wait until the consumer connected; False on timeout."""
