@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import sys
 import threading
 import time
@@ -31,6 +30,7 @@ from clipserve.api.schemas import ConsumerCreate, InfoPublic, StatsPublic
 from clipserve.dataplane.plane import DataPlane, ProducerFactory, steps_per_epoch
 from clipserve.errors import DatasetError, DecodeError
 from clipserve.plan_models import ClipPlan
+from clipserve.priority import lower_cpu_priority
 from clipserve.settings import ServiceConfig
 from clipserve.transport.layout import BatchLayout
 
@@ -151,7 +151,7 @@ class ServiceState:
             if self._sheet_pool is None:
                 self._sheet_pool = ProcessPoolExecutor(
                     max_workers=MAX_CONCURRENT_SHEETS, mp_context=multiprocessing.get_context("forkserver"),
-                    initializer=_lower_process_priority)
+                    initializer=_lower_sheet_process_priority)
             pool = self._sheet_pool
         result: Future[bytes] = Future()
 
@@ -308,13 +308,9 @@ def draw_contact_sheet_png(path: str, clip_plan: ClipPlan) -> bytes:
     return encode_png(render_contact_sheet(clip_plan, execute_plan(path, clip_plan)))
 
 
-def _lower_process_priority() -> None:
-    """Give the calling process nice ``CONTACT_SHEET_NICE`` (never raising its priority)."""
-    try:
-        if os.getpriority(os.PRIO_PROCESS, 0) < CONTACT_SHEET_NICE:
-            os.setpriority(os.PRIO_PROCESS, 0, CONTACT_SHEET_NICE)
-    except (AttributeError, OSError):  # pragma: no cover - not permitted
-        pass
+def _lower_sheet_process_priority() -> None:
+    """Initializer of a contact-sheet process: nice ``CONTACT_SHEET_NICE`` at least."""
+    lower_cpu_priority(at_least=CONTACT_SHEET_NICE)
 
 
 def build_service_index(config: ServiceConfig, *, progress: bool) -> VideoIndex:

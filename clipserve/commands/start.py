@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import socket
 import sys
@@ -112,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from clipserve.api.app import create_app
+    from clipserve.priority import lower_cpu_priority
     from clipserve.service import ServiceState, build_service_index
     from clipserve.transport.ring import cleanup_stale_segments
 
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     # after the data-plane process started (it keeps this priority): threads started from now on
     # (uvicorn's, the request threads, the contact-sheet pool) inherit the lower one
-    lower_thread_priority(config.control_plane_nice)
+    lower_cpu_priority(by=config.control_plane_nice)
     url = _url(config.host, port)
     ready_line = f"clipserve: serving {len(index.records)} videos at {url} (backend {state.backend}); Ctrl-C stops"
 
@@ -179,22 +179,6 @@ def run(args: argparse.Namespace) -> int:
 
 #: How often the watchdog checks that the data-plane process runs, seconds.
 WATCHDOG_INTERVAL_SECONDS = 1.0
-
-
-def lower_thread_priority(increment: int) -> None:
-    """Add ``increment`` to the nice value of the calling thread (capped at 19), and so to the threads
-    and processes it starts later.
-
-    Linux keeps a nice value per thread (``PRIO_PROCESS`` with 0 is the calling thread); raising it
-    needs no privilege, lowering it back does.
-    """
-    if increment <= 0:
-        return
-    try:
-        current = os.getpriority(os.PRIO_PROCESS, 0)
-        os.setpriority(os.PRIO_PROCESS, 0, min(19, current + increment))
-    except (AttributeError, OSError):  # pragma: no cover - not permitted / not POSIX
-        pass
 
 
 def _stop_when_data_plane_dies(state: ServiceState, server: Any) -> None:
