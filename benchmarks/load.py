@@ -52,7 +52,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.memory import descendants, is_data_plane  # noqa: E402
-from benchmarks.service import _ensure_dataset, _Service, _settings  # noqa: E402
+from benchmarks.service import _ensure_dataset, _Service, _settings, add_service_arguments  # noqa: E402
 
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
@@ -323,16 +323,8 @@ def main() -> int:
                         help="nice value of the load generator's process and of its session's autogroup (it "
                              "shares the machine's CPUs with the service: 19 = it only takes CPU time nobody "
                              "else wants, as clients on other machines would; 0 = compete)")
-    parser.add_argument("--control-plane-nice", type=int, default=None,
-                        help="the service's --control-plane-nice (default: the service's default, 19)")
     parser.add_argument("--generate", metavar="URL", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--num-clips", type=int, default=2, help="ρ")
-    parser.add_argument("--frames-per-clip", type=int, default=8, help="T (frames)")
-    parser.add_argument("--frame-stride", type=int, default=8, help="τ (frames)")
-    parser.add_argument("--crop-size", type=int, default=112, help="output size (pixels)")
-    parser.add_argument("--batch-size", type=int, default=8, help="B (videos)")
-    parser.add_argument("--workers", type=int, default=None, help="decode workers (default: CPU cores)")
-    parser.add_argument("--prefetch-batches", type=int, default=4, help="batches in flight / ring slots")
+    add_service_arguments(parser)
     args = parser.parse_args()
     if args.generate:
         return _generate(args.generate, args)

@@ -37,7 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.service import _ensure_dataset, _Service, _settings  # noqa: E402
+from benchmarks.service import _ensure_dataset, _Service, _settings, add_service_arguments  # noqa: E402
 
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
@@ -125,13 +125,7 @@ def main() -> int:
     parser.add_argument("--root", type=Path, default=None, help="K400-layout dataset (default: a small synthetic one)")
     parser.add_argument("--batches", type=int, default=10_000, help="batches to stream in total")
     parser.add_argument("--sample-every", type=int, default=500, help="batches between memory samples")
-    parser.add_argument("--num-clips", type=int, default=2, help="ρ")
-    parser.add_argument("--frames-per-clip", type=int, default=4, help="T (frames)")
-    parser.add_argument("--frame-stride", type=int, default=4, help="τ (frames)")
-    parser.add_argument("--crop-size", type=int, default=32, help="output size (pixels)")
-    parser.add_argument("--batch-size", type=int, default=2, help="B (videos)")
-    parser.add_argument("--workers", type=int, default=None, help="decode workers (default: CPU cores)")
-    parser.add_argument("--prefetch-batches", type=int, default=4, help="batches in flight / ring slots")
+    add_service_arguments(parser, frames_per_clip=4, frame_stride=4, crop_size=32, batch_size=2)
     args = parser.parse_args()
     args.transport = "shm"
     if args.workers is None:

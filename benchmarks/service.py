@@ -39,6 +39,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 READY = re.compile(r"serving \d+ videos at (http://\S+?)/? ")
 
 
+def add_service_arguments(parser: argparse.ArgumentParser, *, frames_per_clip: int = 8, frame_stride: int = 8,
+                          crop_size: int = 112, batch_size: int = 8) -> None:
+    """The service settings every service benchmark takes (read back by ``_settings``)."""
+    parser.add_argument("--num-clips", type=int, default=2, help="ρ")
+    parser.add_argument("--frames-per-clip", type=int, default=frames_per_clip, help="T (frames)")
+    parser.add_argument("--frame-stride", type=int, default=frame_stride, help="τ (frames)")
+    parser.add_argument("--crop-size", type=int, default=crop_size, help="output size (pixels)")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="B (videos)")
+    parser.add_argument("--workers", type=int, default=None, help="decode workers (default: CPU cores)")
+    parser.add_argument("--prefetch-batches", type=int, default=4, help="batches in flight / ring slots")
+    parser.add_argument("--control-plane-nice", type=int, default=None,
+                        help="the service's --control-plane-nice (default: the service's default, 19)")
+
+
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "num_clips": args.num_clips,
@@ -50,7 +64,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "prefetch_batches": args.prefetch_batches,
         "seed": 0,
         "backend": "pyav",
-        **({"control_plane_nice": args.control_plane_nice} if getattr(args, "control_plane_nice", None) is not None else {}),
+        **({"control_plane_nice": args.control_plane_nice} if args.control_plane_nice is not None else {}),
     }
 
 
@@ -184,15 +198,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5,
                         help="paired windows (in-process then service); the median ratio is reported")
     parser.add_argument("--transport", default="shm", choices=["shm", "http"])
-    parser.add_argument("--num-clips", type=int, default=2, help="ρ")
-    parser.add_argument("--frames-per-clip", type=int, default=8, help="T (frames)")
-    parser.add_argument("--frame-stride", type=int, default=8, help="τ (frames)")
-    parser.add_argument("--crop-size", type=int, default=112, help="output size (pixels)")
-    parser.add_argument("--batch-size", type=int, default=8, help="B (videos)")
-    parser.add_argument("--workers", type=int, default=None, help="decode workers (default: CPU cores)")
-    parser.add_argument("--prefetch-batches", type=int, default=4, help="batches in flight / ring slots")
-    parser.add_argument("--control-plane-nice", type=int, default=None,
-                        help="the service's --control-plane-nice (default: the service's default)")
+    add_service_arguments(parser)
     parser.add_argument("--consume", metavar="URL", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.consume:
