@@ -59,7 +59,14 @@ _DataPlaneManager.register("DataPlane", _new_data_plane)
 
 
 def _close_and_exit(signum: int, frame: object) -> None:
-    """SIGTERM in the data-plane process: detach every consumer (segments unlinked), then exit."""
+    """SIGTERM in the data-plane process: detach every consumer (segments unlinked), then exit.
+
+    Runs once. The kernel sends the parent-death signal again each time this process is handed to
+    another dying thread of the parent (one SIGTERM per REST thread when that process is killed);
+    a second call would find the channels already marked closed and ``os._exit`` while the first
+    one is still unlinking their segments (seen under load: segments left behind).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with _LIVE_PLANES_LOCK:
         planes = list(_LIVE_PLANES)
     for plane in planes:
