@@ -188,6 +188,15 @@ def stop_service(process: subprocess.Popen[bytes], timeout_seconds: float = 30.0
     return StopResult(status, leftovers, commands)
 
 
+def stop_and_check_clean(running: RunningService) -> None:
+    """SIGTERM the service and check the clean shutdown: status 0, nothing of its process group left,
+    no shared-memory segment of its data plane left."""
+    plane = running.data_plane_pid
+    stopped = stop_service(running.process)
+    assert stopped.status == 0, running.log()[-3000:]
+    assert not stopped.leftover_processes, stopped.leftover_commands
+    assert not shm_entries(plane), "segments left after SIGTERM"
+
 def live_processes() -> Iterator[tuple[int, list[str]]]:
     """(pid, fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, ...) of every
     process that is not a zombie (Linux /proc)."""

@@ -28,7 +28,7 @@ from tests.service_helpers import (
     read_records,
     start_consumer,
     start_service,
-    stop_service,
+    stop_and_check_clean,
     wait_for,
 )
 
@@ -62,9 +62,7 @@ def service(corpus: tuple[Path, list[BadInput]], tmp_path_factory: pytest.TempPa
     try:
         yield running
     finally:
-        stopped = stop_service(running.process)
-    assert stopped.status == 0, running.log()[-3000:]
-    assert not stopped.leftover_processes, stopped.leftover_commands
+        stop_and_check_clean(running)
 
 
 def _finish(process: Any, out: Path, timeout_seconds: float = 150.0) -> list[dict[str, Any]]:

@@ -34,6 +34,7 @@ from tests.service_helpers import (
     shm_entries,
     start_consumer,
     start_service,
+    stop_and_check_clean,
     stop_service,
     wait_for,
 )
@@ -92,14 +93,10 @@ def expected(config, index):  # noqa: ANN001, ANN201
 def service(dataset: Path, index, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
     log = tmp_path_factory.mktemp("service-log") / "service.log"
     running = start_service(dataset, log)
-    plane = running.data_plane_pid
     try:
         yield running
     finally:
-        stopped = stop_service(running.process)
-    assert stopped.status == 0, running.log()[-3000:]
-    assert not stopped.leftover_processes, stopped.leftover_commands
-    assert not shm_entries(plane), "segments left after SIGTERM"
+        stop_and_check_clean(running)
 
 
 class Runs:
