@@ -102,14 +102,18 @@ class RunningService:
 
 def data_plane_pid(service_pid: int) -> int:
     """The data-plane process of the service ``service_pid``: its spawned multiprocessing child."""
-    for pid, fields in live_processes():
-        if int(fields[1]) == service_pid:
-            try:
-                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    return pid
-            except OSError:
-                continue
+    for pid in children(service_pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        except OSError:
+            continue
     raise LookupError(f"service {service_pid} has no data-plane process")
+
+
+def children(pid: int) -> list[int]:
+    """Pids of the live (non-zombie) processes whose parent is ``pid``."""
+    return [child for child, fields in live_processes() if int(fields[1]) == pid]
 
 
 def _clean_env() -> dict[str, str]:

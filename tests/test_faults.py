@@ -23,7 +23,7 @@ from clipserve.cli import main
 from tests.bad_inputs import REPLACEMENT_SIZE_PIXELS, BadInput, replace_video, write_corpus
 from tests.service_helpers import (
     SERVICE_SETTINGS,
-    live_processes,
+    children,
     make_tiny_dataset,
     read_records,
     start_consumer,
@@ -76,16 +76,11 @@ def _finish(process: Any, out: Path, timeout_seconds: float = 150.0) -> list[dic
     return read_records(out)
 
 
-def _children(pid: int) -> list[int]:
-    """Pids whose parent is ``pid``."""
-    return [child for child, fields in live_processes() if int(fields[1]) == pid]
-
-
 def _decode_workers(service_pid: int) -> list[int]:
     """The service's decode worker processes: children of the forkserver of its data-plane process
     (service → data plane → forkserver → workers)."""
-    return [worker for plane in _children(service_pid) for forkserver in _children(plane)
-            for worker in _children(forkserver)]
+    return [worker for plane in children(service_pid) for forkserver in children(plane)
+            for worker in children(forkserver)]
 
 
 def test_corrupted_index_cache_at_start_is_rebuilt(service) -> None:  # noqa: ANN001

@@ -27,8 +27,8 @@ from clipserve.plan import plan
 from clipserve.settings import load_service_config
 from tests.service_helpers import (
     SERVICE_SETTINGS,
-    live_processes,
     batch_record,
+    children,
     make_tiny_dataset,
     read_records,
     shm_entries,
@@ -347,14 +347,10 @@ def test_the_control_plane_runs_at_a_lower_cpu_priority_than_the_data_plane(serv
     assert attached.status_code == 201, attached.text
     try:
         assert {nice(plane, t) for t in threads(plane)} == {base}  # feeder and dispatcher included
-        workers = wait_for(lambda: [w for f in _children_of(plane) for w in _children_of(f)], 30, "decode workers")
+        workers = wait_for(lambda: [w for f in children(plane) for w in children(f)], 30, "decode workers")
         assert {nice(w) for w in workers} == {base}
     finally:
         httpx.delete(f"{service.url}/v1/consumers/{attached.json()['consumer_id']}", timeout=30)
-
-
-def _children_of(pid: int) -> list[int]:
-    return [child for child, fields in live_processes() if int(fields[1]) == pid]
 
 
 def _alive(pid: int) -> bool:
