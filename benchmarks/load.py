@@ -249,7 +249,7 @@ def lower_own_priority(nice: int) -> None:
 
 
 def _generate(url: str, args: argparse.Namespace) -> int:
-    """Generator process: ``start``/``stop`` lines from stdin toggle bursts; at EOF print the summary."""
+    """Generator process: ``start``/``stop`` lines from stdin toggle the load; at EOF print the summary."""
     lower_own_priority(args.generator_nice)
     load = LoadGenerator(url, concurrency=args.concurrency, num_videos=_num_videos(url),
                          sheet_fraction=args.sheet_fraction, stats_fraction=args.stats_fraction, mode=args.mode)
@@ -267,9 +267,8 @@ def _generate(url: str, args: argparse.Namespace) -> int:
 class GeneratorProcess:
     """The load generator in a process of its own session (see ``lower_own_priority``).
 
-    A separate process keeps the generator's CPU time (about 1-2 CPU-seconds per window on two
-    cores: 200 httpx requests per burst) out of the consumer's and the service's way when
-    ``--generator-nice`` is 19; with ``--generator-nice 0`` it competes like any other client.
+    Its own session puts it in its own scheduler autogroup, so ``--generator-nice`` (default 0: it
+    competes like any other client) sets its priority against the service for real.
     """
 
     def __init__(self, url: str, args: argparse.Namespace) -> None:
