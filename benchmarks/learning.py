@@ -137,7 +137,7 @@ def service(root: Path, log_path: Path, flags: Sequence[str], timeout_seconds: f
 
 def ensure_dataset(root: Path) -> None:
     """Build the default sample dataset (8 classes × 12 videos) into ``root`` unless it is complete."""
-    from clipserve.sample_data import build_sample, make_sample_spec
+    from clipserve.sample import build_sample, make_sample_spec
 
     result = build_sample(root, make_sample_spec(), progress=False)
     if not result.already_complete:

@@ -71,7 +71,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 def _ensure_dataset(root: Path | None) -> Path:
     if root is not None:
         return root
-    from clipserve.sample_data import build_sample, make_sample_spec
+    from clipserve.sample import build_sample, make_sample_spec
 
     root = Path("/tmp/clipserve-bench/k400")
     spec = make_sample_spec(num_classes=4, videos_per_class=6, max_duration_seconds=4.0, frame_scale=0.5, seed=1)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from clipserve.errors import ClipserveError, DatasetError
-from clipserve.sample_data import SampleBuildResult, build_sample, make_sample_spec
+from clipserve.sample import SampleBuildResult, build_sample, make_sample_spec
 
 SERVICE_START_TIMEOUT_SECONDS = 600
 OBJECTIVE_NAMES = {"moco": "MoCo", "byol": "BYOL", "simclr": "SimCLR", "swav": "SwAV"}

@@ -66,7 +66,7 @@ _FLAG = {
 
 def make_tiny_dataset(root: Path) -> Path:
     """Six training videos (2 classes, 86×64 px and one 64×86 portrait, ≤ 1.5 s) in the K400 layout."""
-    from clipserve.sample_data import build_sample, make_sample_spec
+    from clipserve.sample import build_sample, make_sample_spec
 
     spec = make_sample_spec(num_classes=2, videos_per_class=4, max_duration_seconds=1.5, frame_scale=0.25, seed=3)
     build_sample(root, spec, workers=1, progress=False)

@@ -21,7 +21,7 @@ import pytest
 
 from clipserve.cli import main as cli_main
 from clipserve.errors import ConfigError, DatasetError
-from clipserve.sample_data import (
+from clipserve.sample import (
     ANNOTATION_HEADER,
     CLASS_NAMES,
     MANIFEST_NAME,

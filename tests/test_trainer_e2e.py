@@ -31,7 +31,7 @@ PROCESS_TIMEOUT_SECONDS = 60.0
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 classes × 3 videos (2 train + 1 val each), ≤ 3 s, frames at a quarter of the sample size."""
-    from clipserve.sample_data import build_sample, make_sample_spec
+    from clipserve.sample import build_sample, make_sample_spec
 
     root = tmp_path_factory.mktemp("e2e-data")
     spec = make_sample_spec(num_classes=2, videos_per_class=3, max_duration_seconds=3, frame_scale=0.25)

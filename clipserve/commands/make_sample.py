@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clipserve.sample_data import CLASS_NAMES, build_sample, default_workers, make_sample_spec
+from clipserve.sample import CLASS_NAMES, build_sample, default_workers, make_sample_spec
 
 HELP = "Make a small Kinetics-400-layout dataset of real encoded videos (one motion pattern per class)."
 
