@@ -1,26 +1,47 @@
-"""Learning benchmark (not a test): does self-supervised pretraining on the clipserve stream learn?
+"""Learning benchmark (not a test): does self-supervised pretraining through clipserve learn, and do
+the paper's two findings (more clips ρ help; a larger timespan t_max helps) show on a CPU?
 
-On the sample dataset (``clipserve make-sample``: 8 classes = 8 motion patterns, 80 train / 16 val
-videos, built into ``--data`` if missing) this pretrains each objective with the tiny backbone for a
-fixed budget (``--steps`` optimizer steps, cut at ``--minutes-per-run`` wall-clock minutes by the
-trainer's ``--max-seconds``), each against its own ``clipserve start`` service with that
-run's sampling flags. Then it evaluates every checkpoint and a random-init encoder with kNN (k=20,
-cosine, temperature-weighted votes; ``trainer.eval.knn_accuracy``) and a linear probe: the train split
-is the memory bank, the val split the queries, both read once from services started with
-``--eval-mode`` (centre crops, no augmentation) and kept in memory, so every model sees the same clips.
+Data: the learnable world (``clipserve make-sample --preset learnable``: 10 object categories, 400
+train / 200 val videos of 48×48 pixels, 8 s at 15 fps; built into ``--data`` if missing, ~40 s on
+2 cores). The label is an object category that persists through each video while the object's pose,
+scale, shape and colour and the scene's pan and lighting drift along its timeline.
 
-Configurations: ``moco``, ``byol``, ``simclr``, ``swav`` (ρ=2, global sampling), ``moco-rho4`` (ρ=4)
-and ``moco-tmax0`` (``--max-span-seconds 0``: all ρ clips start at the same time).
+Every pretraining run is the real pipeline: its own ``clipserve start`` service (with the run's
+``--num-clips`` and ``--max-span-seconds``, aug+ augmentation) feeding ``python -m trainer`` over
+shared memory (ClipStream). The supervised control reads the same kind of stream in this process
+(the same tiny backbone, ρ=2 global, the same number of steps, a linear head on the labels).
+Evaluation reads the train split (the kNN memory bank and the probe's training set) and the val split
+(the queries) once from ``--eval-mode`` services (centre crops, no augmentation, ``--eval-clips``
+clips per video, features averaged over them) and scores every encoder on the same clips: kNN top-1
+(k=20, cosine, temperature-weighted votes) and a linear probe (``trainer.eval``).
 
-    python benchmarks/learning.py                       # full: see --help for the budget
-    python benchmarks/learning.py --quick               # reduced budget for a loaded 2-core machine
-    python benchmarks/learning.py --only moco,byol      # a subset
+Configurations (each over several seeds, reported as mean ± std over seeds):
 
-A supervised control (the same backbone, stream and budget, trained with the labels) shows what
-the backbone can learn at all in the budget: self-supervised runs are not expected to beat it.
+    moco, byol, simclr, swav   ρ=2, global sampling
+    moco-rho4, byol-rho4       ρ=4 at the same number of steps (equal epochs; twice the clips)
+    moco-rho2-2x, byol-rho2-2x ρ=2 for twice the steps (ρ=4's compute)
+    moco-tmax0                 ρ=2, t_max = 0 (both clips start at the same time)
+    moco-tmax1.5               ρ=2, t_max = 1.5 s
+    (moco itself is the "global" point of the timespan series)
 
-Prints one JSON document and then a one-line summary; also writes ``<out>/results.json``. Every
-process it starts (services, trainers) is stopped on exit, also on Ctrl-C or an error.
+Commands::
+
+    python benchmarks/learning.py                 # the whole table (~25 min on 2 idle cores)
+    python benchmarks/learning.py --quick         # fewer steps and seeds (~10 min), same table shape
+    python benchmarks/learning.py --only moco,moco-tmax0 --seeds 2
+    python benchmarks/learning.py --gpu           # GPU scale (not run here): r3d_18, 112², more steps
+
+``--gpu`` switches to backbone r3d_18, 112×112 crops of the same world rendered… no: of any K400-layout
+``--data`` you give it (the learnable world is 48×48, so use ``make-sample --preset learnable`` only
+for the CPU table), 16 frames, batch 32, 2000 steps, the trainer's ``cpu`` profile replaced by the
+``paper`` hyperparameters, ``--device cuda`` and 8 decode workers.
+
+Output: one JSON document on stdout and in ``<out>/results.json`` (per configuration ``name``,
+``objective``, ``num_clips``, ``max_span_seconds`` (null = global), ``seeds``, ``knn_top1_mean``,
+``knn_top1_std``, ``linear_top1_mean``, ``linear_top1_std``, per-seed details; ``random_init`` and
+``supervised`` in the same shape; the targets of issue 11 checked), ``<out>/learning.png`` (bars with
+error bars, grouped like the paper's tables), then a one-line summary. Every process it starts is
+stopped on exit, also on Ctrl-C or an error.
 """
 
 from __future__ import annotations
@@ -28,13 +49,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -48,23 +73,40 @@ OBJECTIVES = ("moco", "byol", "simclr", "swav")
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-    """One pretraining configuration: objective plus the service's sampling flags."""
+    """One pretraining configuration: objective, the service's sampling flags, a compute factor."""
 
     name: str
     objective: str
-    num_clips: int = 2  # ρ
-    max_span_seconds: float | None = None  # t_max; None = global sampling
+    num_clips: int = 2
+    """ρ, clips per video."""
+    max_span_seconds: float | None = None
+    """t_max in seconds; None = global sampling."""
+    steps_factor: int = 1
+    """Multiplies ``--steps`` (2 = ρ=4's compute for a ρ=2 run)."""
+    extra_seeds: int = 0
+    """Seeds beyond ``--seeds`` (the timespan series needs ≥ 3)."""
+    group: str = ""
+    """Plot group (the paper's table it belongs to)."""
 
 
-RUNS = [RunSpec(o, o) for o in OBJECTIVES] + [
-    RunSpec("moco-rho4", "moco", num_clips=4),
-    RunSpec("moco-tmax0", "moco", max_span_seconds=0.0),
+RUNS = [
+    RunSpec("moco", "moco", extra_seeds=1, group="objectives (ρ=2, global)"),
+    RunSpec("byol", "byol", group="objectives (ρ=2, global)"),
+    RunSpec("simclr", "simclr", group="objectives (ρ=2, global)"),
+    RunSpec("swav", "swav", group="objectives (ρ=2, global)"),
+    RunSpec("moco-rho4", "moco", num_clips=4, group="ρ (equal epochs)"),
+    RunSpec("moco-rho2-2x", "moco", steps_factor=2, group="ρ (equal epochs)"),
+    RunSpec("byol-rho4", "byol", num_clips=4, group="ρ (equal epochs)"),
+    RunSpec("byol-rho2-2x", "byol", steps_factor=2, group="ρ (equal epochs)"),
+    RunSpec("moco-tmax0", "moco", max_span_seconds=0.0, extra_seeds=1, group="timespan t_max (ρMoCo, ρ=2)"),
+    RunSpec("moco-tmax1.5", "moco", max_span_seconds=1.5, extra_seeds=1, group="timespan t_max (ρMoCo, ρ=2)"),
 ]
 
 
 # ------------------------------------------------------------------ processes
 
 _LIVE: list[subprocess.Popen[bytes]] = []
+_LIVE_LOCK = threading.Lock()
 
 
 def _env(threads: int) -> dict[str, str]:
@@ -80,7 +122,8 @@ def _popen(command: Sequence[str], log_path: Path, threads: int = 1) -> subproce
     process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=_env(threads),
                                start_new_session=True)
     log.close()
-    _LIVE.append(process)
+    with _LIVE_LOCK:
+        _LIVE.append(process)
     return process
 
 
@@ -99,19 +142,22 @@ def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s
     if process.poll() is None:
         process.kill()
         process.wait(10)
-    if process in _LIVE:
-        _LIVE.remove(process)
+    with _LIVE_LOCK:
+        if process in _LIVE:
+            _LIVE.remove(process)
 
 
 def _stop_all() -> None:
-    for process in list(_LIVE):
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for process in live:
         _stop(process, timeout_seconds=10.0)
 
 
 @contextmanager
-def service(root: Path, log_path: Path, flags: Sequence[str], timeout_seconds: float = 300.0) -> Iterator[str]:
+def service(args: argparse.Namespace, log_path: Path, flags: Sequence[str], timeout_seconds: float = 300.0) -> Iterator[str]:
     """``clipserve start`` on 127.0.0.1 (any free port) with ``flags``; yields its URL, stops it on exit."""
-    command = [sys.executable, "-m", "clipserve", "start", "--dataset", "k400", "--root", str(root), "--host",
+    command = [sys.executable, "-m", "clipserve", "start", "--dataset", "k400", "--root", str(args.data), "--host",
                "127.0.0.1", "--port", "0", "--no-progress", "--log-level", "warning", *flags]
     log_path.write_bytes(b"")
     process = _popen(command, log_path)
@@ -125,7 +171,7 @@ def service(root: Path, log_path: Path, flags: Sequence[str], timeout_seconds: f
             elif process.poll() is not None:
                 break
             else:
-                time.sleep(0.2)
+                time.sleep(0.1)
         if url is None:
             raise RuntimeError(f"clipserve start did not become ready:\n{log_path.read_text(errors='replace')[-3000:]}")
         yield url
@@ -133,35 +179,45 @@ def service(root: Path, log_path: Path, flags: Sequence[str], timeout_seconds: f
         _stop(process)
 
 
+def log(message: str) -> None:
+    print(f"[learning {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 # ------------------------------------------------------------------ data
 
-def ensure_dataset(root: Path) -> None:
-    """Build the default sample dataset (8 classes × 12 videos) into ``root`` unless it is complete."""
-    from clipserve.sample import build_sample, make_sample_spec
+def ensure_dataset(args: argparse.Namespace) -> None:
+    """Build the learnable world into ``args.data`` unless it is complete (``--gpu``: use it as is)."""
+    if args.gpu:
+        if not (args.data / "annotations").is_dir():
+            raise SystemExit(f"--gpu: {args.data} is not a K400-layout dataset (no annotations/)")
+        return
+    from clipserve.sample import build_sample
+    from clipserve.sample.spec import make_learnable_spec
 
-    result = build_sample(root, make_sample_spec(), progress=False)
+    result = build_sample(args.data, make_learnable_spec(), progress=False)
     if not result.already_complete:
-        print(f"[learning] built the sample dataset: {result.num_videos} videos in {result.elapsed_seconds:.0f} s "
-              f"-> {root}", file=sys.stderr, flush=True)
+        log(f"built the learnable world: {result.num_videos} videos in {result.elapsed_seconds:.0f} s -> {args.data}")
 
 
-def sampling_flags(args: argparse.Namespace, *, num_clips: int, max_span_seconds: float | None) -> list[str]:
+def sampling_flags(args: argparse.Namespace, *, num_clips: int, max_span_seconds: float | None, seed: int,
+                   workers: int | None = None) -> list[str]:
     flags = ["--num-clips", str(num_clips), "--frames-per-clip", str(args.frames), "--frame-stride", str(args.stride),
-             "--crop-size", str(args.crop), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
-             "--seed", str(args.seed)]
+             "--target-fps", str(args.target_fps), "--crop-size", str(args.crop), "--batch-size", str(args.batch_size),
+             "--workers", str(workers or args.workers), "--seed", str(seed), "--index-cache", str(args.index_cache)]
     if max_span_seconds is not None:
         flags += ["--max-span-seconds", str(max_span_seconds)]
     return flags
 
 
-def read_eval_split(args: argparse.Namespace, split: str, log_path: Path) -> list[Any]:
+def read_eval_split(args: argparse.Namespace, split: str) -> list[Any]:
     """One epoch of ``split`` from an ``--eval-mode`` service, clips copied out of shared memory."""
     from clipserve.client import ClipStream
     from trainer.data import SyntheticBatch
 
-    flags = sampling_flags(args, num_clips=2, max_span_seconds=None) + ["--eval-mode", "--split", split]
+    flags = sampling_flags(args, num_clips=args.eval_clips, max_span_seconds=None, seed=0, workers=2)
+    flags += ["--eval-mode", "--split", split]
     batches: list[Any] = []
-    with service(args.data, log_path, flags) as url:
+    with service(args, args.out / f"eval-{split}-service.log", flags) as url:
         stream = ClipStream(url, transport="shm")
         try:
             for batch in stream:
@@ -175,98 +231,63 @@ def read_eval_split(args: argparse.Namespace, split: str, log_path: Path) -> lis
     return batches
 
 
-# ------------------------------------------------------------------ train and evaluate
+# ------------------------------------------------------------------ train
 
-def pretrain(args: argparse.Namespace, run: RunSpec, out_dir: Path) -> dict[str, Any]:
-    """Pretrain ``run`` against its own service; returns steps done, wall time and losses."""
-    ckpt_dir = out_dir / run.name
-    if ckpt_dir.exists():
-        import shutil
-
-        shutil.rmtree(ckpt_dir)
+def pretrain(args: argparse.Namespace, run: RunSpec, seed: int) -> dict[str, Any]:
+    """Pretrain ``run`` with ``seed`` (service and trainer) against its own service."""
+    name = f"{run.name}-seed{seed}"
+    ckpt_dir = args.out / name
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
     ckpt_dir.mkdir(parents=True)
-    flags = sampling_flags(args, num_clips=run.num_clips, max_span_seconds=run.max_span_seconds)
-    with service(args.data, out_dir / f"{run.name}-service.log", flags) as url:
-        command = [sys.executable, "-m", "trainer", "--objective", run.objective, "--server", url, "--profile", "cpu",
-                   "--backbone", "tiny", "--max-steps", str(args.steps), "--checkpoint-dir", str(ckpt_dir),
-                   "--progress", "false", "--log-every-steps", "5", "--checkpoint-every-steps", "100000",
-                   "--device", "cpu", "--seed", str(args.seed), "--max-seconds", str(args.minutes_per_run * 60.0),
-                   *args.trainer_flags]
-        log_path = out_dir / f"{run.name}-trainer.log"
-        started = time.monotonic()
+    steps = args.steps * run.steps_factor
+    flags = sampling_flags(args, num_clips=run.num_clips, max_span_seconds=run.max_span_seconds, seed=seed)
+    started = time.monotonic()
+    with service(args, args.out / f"{name}-service.log", flags) as url:
+        command = [sys.executable, "-m", "trainer", "--objective", run.objective, "--server", url,
+                   "--profile", args.profile, "--backbone", args.backbone, "--max-steps", str(steps),
+                   "--checkpoint-dir", str(ckpt_dir), "--progress", "false", "--log-every-steps", "10",
+                   "--checkpoint-every-steps", "100000", "--device", args.device, "--seed", str(seed),
+                   "--max-seconds", str(args.minutes_per_run * 60.0 * run.steps_factor),
+                   *trainer_flags(args, run.objective)]
+        log_path = args.out / f"{name}-trainer.log"
         trainer = _popen(command, log_path, threads=args.trainer_threads)
         try:  # --max-seconds stops the trainer at a step boundary; a Ctrl-C is the fallback
-            trainer.wait(args.minutes_per_run * 60.0 + 120.0)
+            trainer.wait(args.minutes_per_run * 60.0 * run.steps_factor + 120.0)
         except subprocess.TimeoutExpired:
             _stop(trainer, signal.SIGINT, timeout_seconds=60.0)
         finally:
             _stop(trainer)
-        wall_seconds = time.monotonic() - started
-    metrics = [json.loads(line) for line in (ckpt_dir / "metrics.jsonl").read_text().splitlines() if line.strip()] \
-        if (ckpt_dir / "metrics.jsonl").exists() else []
+    wall_seconds = time.monotonic() - started
+    metrics_path = ckpt_dir / "metrics.jsonl"
+    metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
+        if metrics_path.exists() else []
     if not (ckpt_dir / "last.pt").exists():
-        raise RuntimeError(f"{run.name}: no checkpoint; trainer log:\n{log_path.read_text(errors='replace')[-3000:]}")
+        raise RuntimeError(f"{name}: no checkpoint; trainer log:\n{log_path.read_text(errors='replace')[-3000:]}")
     from trainer.checkpoint import load_checkpoint
 
     steps_done = int(load_checkpoint(ckpt_dir)["step"])
-    cut = steps_done < args.steps
-    return {
-        "steps": steps_done, "cut_by_time_budget": cut, "wall_seconds": round(wall_seconds, 1),
-        "first_loss": metrics[0]["loss"] if metrics else None, "last_loss": metrics[-1]["loss"] if metrics else None,
-        "mean_clips_per_second": round(sum(m["clips_per_second"] for m in metrics) / len(metrics), 2) if metrics else None,
-        "mean_data_wait_fraction": round(sum(m["data_wait_fraction"] for m in metrics) / len(metrics), 3) if metrics else None,
-    }
+    return {"seed": seed, "steps": steps_done, "cut_by_time_budget": steps_done < steps,
+            "wall_seconds": round(wall_seconds, 1),
+            "first_loss": metrics[0]["loss"] if metrics else None, "last_loss": metrics[-1]["loss"] if metrics else None,
+            "mean_clips_per_second": round(sum(m["clips_per_second"] for m in metrics) / len(metrics), 1) if metrics else None,
+            "mean_data_wait_fraction": round(sum(m["data_wait_fraction"] for m in metrics) / len(metrics), 3) if metrics else None}
 
 
-def evaluate(model: Any, bank: list[Any], queries: list[Any], k: int) -> dict[str, float]:
-    """kNN top-1 (k, cosine, temperature 0.07) and linear-probe top-1 of ``model.features``."""
-    import torch
-
-    from trainer.eval import extract_features, knn_accuracy, linear_probe_accuracy
-
-    model.eval()
-    with torch.no_grad():
-        f_tr, y_tr, _ = extract_features(model.features, bank, "cpu")
-        f_te, y_te, _ = extract_features(model.features, queries, "cpu")
-    return {"knn_top1": knn_accuracy(f_tr, y_tr, f_te, y_te, k=k),
-            "knn_top1_leave_one_out": leave_one_out_knn(torch.cat([f_tr, f_te]), torch.cat([y_tr, y_te]), k=k),
-            "linear_probe_top1": linear_probe_accuracy(f_tr, y_tr, f_te, y_te),
-            "num_bank_videos": int(f_tr.shape[0]), "num_query_videos": int(f_te.shape[0])}
+def trainer_flags(args: argparse.Namespace, objective: str) -> list[str]:
+    """The benchmark's trainer settings on top of ``--profile`` (CPU: a queue smaller than the
+    train split, so MoCo's negatives are not mostly the positives' own earlier clips)."""
+    flags = [] if args.gpu else ["--base-lr", str(args.ssl_lr)]
+    if not args.gpu and objective == "moco":
+        flags += ["--moco-queue-size", str(args.moco_queue)]
+    if not args.gpu and objective == "swav":
+        flags += ["--swav-num-prototypes", "30"]
+    return flags + list(args.trainer_flags)
 
 
-def leave_one_out_knn(features: Any, labels: Any, *, k: int, temperature: float = 0.07) -> float:
-    """kNN top-1 over all videos (train + val), each the query once against all the others.
-
-    A steadier secondary figure than the 16 val queries (one query = 6.25 points). Same voting as
-    ``trainer.eval.knn_accuracy`` (cosine, top-k, weights exp(cos / temperature)).
-    Shapes: features (N, F), labels (N,) int64.
-    """
-    import torch
-    from torch.nn import functional as F
-
-    x = F.normalize(features.float(), dim=1)
-    sim = x @ x.T
-    sim.fill_diagonal_(-float("inf"))  # never your own neighbour
-    top, idx = sim.topk(min(k, x.shape[0] - 1), dim=1)
-    votes = torch.zeros(x.shape[0], int(labels.max()) + 1).scatter_add_(1, labels[idx], torch.exp(top / temperature))
-    return float((votes.argmax(1) == labels).float().mean())
-
-
-def load_model(ckpt_dir: Path) -> Any:
-    from trainer.checkpoint import load_checkpoint
-    from trainer.config import config_from_dict
-    from trainer.objectives import build_objective
-
-    ckpt = load_checkpoint(ckpt_dir)
-    model = build_objective(config_from_dict(ckpt["config"]), num_clips=int(ckpt["num_clips"]))
-    model.load_state_dict(ckpt["model"])
-    return model
-
-
-def supervised_control(args: argparse.Namespace, out_dir: Path) -> tuple[Any, dict[str, Any]]:
-    """The reference a self-supervised run cannot beat: the same tiny backbone trained *with labels*
-    (linear head, cross-entropy, SGD lr 0.05) on the same aug+ stream (ρ=2, global sampling) for the
-    same number of steps and time cap. If it stays near chance, the budget/backbone is the limit."""
+def supervised_control(args: argparse.Namespace, seed: int, num_classes: int) -> tuple[Any, dict[str, Any]]:
+    """The same backbone trained *with labels* (linear head, cross-entropy, Adam with a cosine
+    learning rate: SGD needs far more steps on this small CNN) on the same aug+ stream (ρ=2, global sampling) for ``--steps`` steps,
+    in this process: proof that the world is learnable in the budget."""
     import torch
     from torch import nn
     from torch.nn import functional as F
@@ -275,22 +296,25 @@ def supervised_control(args: argparse.Namespace, out_dir: Path) -> tuple[Any, di
     from trainer.backbones import build_backbone
     from trainer.utils import normalize_clips
 
-    torch.manual_seed(args.seed)
-    backbone, feature_dim = build_backbone("tiny")
-    head = nn.Linear(feature_dim, 8)
-    optimizer = torch.optim.SGD([*backbone.parameters(), *head.parameters()], lr=0.05, momentum=0.9, weight_decay=1e-4)
+    torch.manual_seed(seed)
+    backbone, feature_dim = build_backbone(args.backbone)
+    head = nn.Linear(feature_dim, num_classes)
+    params = [*backbone.parameters(), *head.parameters()]
+    optimizer = torch.optim.Adam(params, lr=args.supervised_lr)
     losses: list[float] = []
     started = time.monotonic()
-    flags = sampling_flags(args, num_clips=2, max_span_seconds=None)
-    with service(args.data, out_dir / "supervised-service.log", flags) as url:
+    flags = sampling_flags(args, num_clips=2, max_span_seconds=None, seed=seed)
+    with service(args, args.out / f"supervised-seed{seed}-service.log", flags) as url:
         stream = ClipStream(url, transport="shm")
         try:
             backbone.train()
             for step, batch in enumerate(stream):
                 if step >= args.steps or time.monotonic() - started > args.minutes_per_run * 60.0:
                     break
-                x = normalize_clips(batch.clips, "cpu").flatten(0, 1)  # (B·ρ, C, T, H, W)
-                y = batch.label.repeat_interleave(batch.clips.shape[1])
+                for group in optimizer.param_groups:
+                    group["lr"] = args.supervised_lr * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+                x = normalize_clips(batch.clips, args.device).flatten(0, 1)  # (B·ρ, C, T, H, W)
+                y = batch.label.to(args.device).repeat_interleave(batch.clips.shape[1])
                 loss = F.cross_entropy(head(backbone(x)), y)
                 optimizer.zero_grad()
                 loss.backward()
@@ -308,52 +332,195 @@ def supervised_control(args: argparse.Namespace, out_dir: Path) -> tuple[Any, di
             return self.backbone(clips)
 
     tail = losses[-10:] or [float("nan")]
-    return _Features(), {"steps": len(losses), "wall_seconds": round(time.monotonic() - started, 1),
+    return _Features(), {"seed": seed, "steps": len(losses), "wall_seconds": round(time.monotonic() - started, 1),
                          "first_loss": losses[0] if losses else None, "last_loss": sum(tail) / len(tail)}
 
 
-def random_model(seed: int) -> Any:
+# ------------------------------------------------------------------ evaluate
+
+def evaluate(model: Any, bank: list[Any], queries: list[Any], args: argparse.Namespace) -> dict[str, float]:
+    """kNN top-1 (k, cosine, temperature 0.07) and linear-probe top-1 of ``model.features``."""
+    import torch
+
+    from trainer.eval import extract_features, knn_accuracy, linear_probe_accuracy
+
+    model.to(args.device).eval()
+    with torch.no_grad():
+        f_tr, y_tr, _ = extract_features(model.features, bank, args.device)
+        f_te, y_te, _ = extract_features(model.features, queries, args.device)
+    return {"knn_top1": knn_accuracy(f_tr, y_tr, f_te, y_te, k=args.k),
+            "linear_top1": linear_probe_accuracy(f_tr, y_tr, f_te, y_te)}
+
+
+def load_model(ckpt_dir: Path) -> Any:
+    from trainer.checkpoint import load_checkpoint
+    from trainer.config import config_from_dict
+    from trainer.objectives import build_objective
+
+    ckpt = load_checkpoint(ckpt_dir)
+    model = build_objective(config_from_dict(ckpt["config"]), num_clips=int(ckpt["num_clips"]))
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+def random_model(args: argparse.Namespace, seed: int) -> Any:
     import torch
 
     from trainer.config import make_config
     from trainer.objectives import build_objective
 
     torch.manual_seed(seed)  # as the trainer does before building (seed = --seed)
-    return build_objective(make_config("moco", "cpu", server="synthetic", backbone="tiny"), num_clips=2)
+    return build_objective(make_config("moco", "cpu", server="synthetic", backbone=args.backbone), num_clips=2)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n − 1; 0 for one value)."""
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+def summarise(name: str, objective: str | None, num_clips: int | None, max_span_seconds: float | None,
+              per_seed: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """One configuration's entry: the fields of issue 11 (top-1 as percentages) plus per-seed details."""
+    knn_mean, knn_std = _mean_std([100 * r["knn_top1"] for r in per_seed])
+    lin_mean, lin_std = _mean_std([100 * r["linear_top1"] for r in per_seed])
+    return {"name": name, "objective": objective, "num_clips": num_clips, "max_span_seconds": max_span_seconds,
+            "seeds": [r["seed"] for r in per_seed], "knn_top1_mean": round(knn_mean, 2), "knn_top1_std": round(knn_std, 2),
+            "linear_top1_mean": round(lin_mean, 2), "linear_top1_std": round(lin_std, 2), **extra, "per_seed": per_seed}
+
+
+def check_targets(entries: dict[str, dict[str, Any]], random_init: dict[str, Any],
+                  supervised: dict[str, Any] | None) -> dict[str, Any]:
+    """Issue 11's targets (kNN top-1 points), None where a configuration was not run."""
+    def knn(name: str) -> float | None:
+        return entries[name]["knn_top1_mean"] if name in entries else None
+
+    def diff(a: str, b: str) -> float | None:
+        return None if knn(a) is None or knn(b) is None else round(knn(a) - knn(b), 2)  # type: ignore[operator]
+
+    base = random_init["knn_top1_mean"]
+    margins = {o: round(knn(o) - base, 2) for o in OBJECTIVES if knn(o) is not None}  # type: ignore[operator]
+    tmax0, short, global_ = knn("moco-tmax0"), knn("moco-tmax1.5"), knn("moco")
+    return {
+        "supervised_ge_75": None if supervised is None else supervised["knn_top1_mean"] >= 75
+        or supervised["linear_top1_mean"] >= 75,
+        "objective_minus_random_knn_points": margins,
+        "every_objective_ge_random_plus_15": all(m >= 15 for m in margins.values()) if margins else None,
+        "moco_rho4_minus_rho2_points": diff("moco-rho4", "moco"),
+        "byol_rho4_minus_rho2_points": diff("byol-rho4", "byol"),
+        "rho4_ge_rho2_plus_5": None if diff("moco-rho4", "moco") is None or diff("byol-rho4", "byol") is None
+        else diff("moco-rho4", "moco") >= 5 and diff("byol-rho4", "byol") >= 5,  # type: ignore[operator]
+        "moco_rho4_minus_rho2_2x_points": diff("moco-rho4", "moco-rho2-2x"),
+        "byol_rho4_minus_rho2_2x_points": diff("byol-rho4", "byol-rho2-2x"),
+        "tmax0_lt_short_le_global": None if None in (tmax0, short, global_)
+        else tmax0 < short <= global_,  # type: ignore[operator]
+        "timespan_knn_top1": {"0": tmax0, "1.5": short, "global": global_},
+    }
+
+
+# ------------------------------------------------------------------ plot (Pillow)
+
+def draw_plot(document: dict[str, Any], path: Path) -> None:
+    """Bars (kNN top-1 mean) with error bars (± std over seeds) per configuration, grouped like the
+    paper's tables, with random init and supervised as dashed reference lines. Pillow only."""
+    from PIL import Image, ImageDraw
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in RUNS:
+        if run.name in document["configurations"]:
+            groups.setdefault(run.group, []).append(document["configurations"][run.name])
+    bar_w, gap, left, top, bottom, height = 34, 26, 60, 40, 120, 300
+    num_bars = sum(len(g) for g in groups.values())
+    width = left + num_bars * bar_w + (len(groups) + 1) * gap + 20
+    image = Image.new("RGB", (max(width, 400), top + height + bottom), "white")
+    draw = ImageDraw.Draw(image)
+
+    def y_of(value: float) -> float:
+        return top + height * (1 - value / 100.0)
+
+    for tick in range(0, 101, 20):
+        draw.line([(left - 4, y_of(tick)), (image.width - 10, y_of(tick))], fill=(225, 225, 225))
+        draw.text((left - 30, y_of(tick) - 6), f"{tick}", fill="black")
+    draw.text((8, 8), "kNN top-1 on the learnable world's val split (%), mean ± std over seeds", fill="black")
+    for entry, colour, label in ((document["random_init"], (200, 60, 60), "random init"),
+                                 (document.get("supervised"), (60, 140, 60), "supervised")):
+        if entry:
+            y = y_of(entry["knn_top1_mean"])
+            for x in range(left, image.width - 10, 8):
+                draw.line([(x, y), (x + 4, y)], fill=colour, width=2)
+            draw.text((image.width - 90, y - 13), f"{label} {entry['knn_top1_mean']:.0f}", fill=colour)
+    x = left + gap
+    palette = [(70, 110, 180), (230, 150, 40), (120, 80, 160), (40, 150, 150)]
+    for g, (group, entries) in enumerate(groups.items()):
+        start = x
+        for entry in entries:
+            mean, std = entry["knn_top1_mean"], entry["knn_top1_std"]
+            draw.rectangle([x, y_of(mean), x + bar_w - 6, y_of(0)], fill=palette[g % len(palette)])
+            cx = x + (bar_w - 6) / 2
+            draw.line([(cx, y_of(mean - std)), (cx, y_of(mean + std))], fill="black", width=1)
+            for yy in (y_of(mean - std), y_of(mean + std)):
+                draw.line([(cx - 4, yy), (cx + 4, yy)], fill="black")
+            label = entry["name"].replace("moco-", "").replace("byol-", "b-") if g else entry["name"]
+            txt = Image.new("RGB", (110, 14), "white")
+            ImageDraw.Draw(txt).text((0, 0), label, fill="black")
+            image.paste(txt.rotate(90, expand=True), (int(x + 6), int(y_of(0) + 4)))
+            x += bar_w
+        draw.text((start, top + height + 100), group[:34], fill="black")
+        x += gap
+    image.save(path)
 
 
 # ------------------------------------------------------------------ main
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=REPO_ROOT / "data" / "sample-k400",
-                        help="sample dataset root (built with the default spec if missing)")
+    parser.add_argument("--data", type=Path, default=REPO_ROOT / "data" / "learnable-k400",
+                        help="dataset root (the learnable world is built there if missing)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-out" / "learning",
-                        help="checkpoints, logs and results.json")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 600; --quick 250)")
-    parser.add_argument("--minutes-per-run", type=float, default=None,
-                        help="wall-clock cap per pretraining run, minutes (default 8; --quick 3)")
-    parser.add_argument("--quick", action="store_true", help="reduced budget (250 steps, ≤ 3 min per run)")
+                        help="checkpoints, logs, results.json and learning.png")
+    parser.add_argument("--quick", action="store_true", help="fewer steps, 2 seeds for the timespan runs too")
+    parser.add_argument("--gpu", action="store_true",
+                        help="GPU scale: r3d_18, 112² crops, T=16, batch 32, 2000 steps, paper profile, cuda")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 600; --quick 300)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default 2; timespan +1)")
+    parser.add_argument("--minutes-per-run", type=float, default=None, help="wall-clock cap per run, minutes (default 4)")
+    parser.add_argument("--parallel", type=int, default=2, help="runs in flight at once (default 2: one per core)")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(r.name for r in RUNS)}")
-    parser.add_argument("--crop", type=int, default=64, help="crop size, pixels (H = W)")
-    parser.add_argument("--frames", type=int, default=8, help="T, frames per clip")
-    parser.add_argument("--stride", type=int, default=4, help="τ, frame stride (frames at 30 fps)")
-    parser.add_argument("--batch-size", type=int, default=8, help="B, videos per batch")
-    parser.add_argument("--workers", type=int, default=2, help="decode worker processes per service")
-    parser.add_argument("--trainer-threads", type=int, default=1, help="torch threads of the trainer")
-    parser.add_argument("--seed", type=int, default=0, help="service seed and trainer seed")
+    parser.add_argument("--crop", type=int, default=None, help="crop size, pixels (H = W; default 32, --gpu 112)")
+    parser.add_argument("--frames", type=int, default=None, help="T, frames per clip (default 4, --gpu 16)")
+    parser.add_argument("--stride", type=int, default=4, help="τ, frame stride (frames at --target-fps)")
+    parser.add_argument("--target-fps", type=float, default=15.0, help="frame rate the stride counts in")
+    parser.add_argument("--batch-size", type=int, default=None, help="B, videos per batch (default 16, --gpu 32)")
+    parser.add_argument("--workers", type=int, default=None, help="decode workers per service (default 1, --gpu 8)")
+    parser.add_argument("--eval-clips", type=int, default=4, help="clips per video in the evaluation views")
+    parser.add_argument("--trainer-threads", type=int, default=1, help="torch threads per trainer")
+    parser.add_argument("--moco-queue", type=int, default=256, help="ρMoCo queue size on the CPU (videos' keys)")
+    parser.add_argument("--supervised-lr", type=float, default=0.002, help="supervised control's peak Adam learning rate")
+    parser.add_argument("--ssl-lr", type=float, default=0.3,
+                        help="--base-lr of every self-supervised run on the CPU (SGD; the cpu profile's 0.05-0.1 "
+                             "learns too slowly in this budget)")
     parser.add_argument("--k", type=int, default=20, help="kNN neighbours")
-    parser.add_argument("--random-seeds", type=int, default=3, help="random-init encoders evaluated (mean reported)")
-    parser.add_argument("--no-supervised-control", action="store_true",
-                        help="skip the supervised reference (same backbone, stream and budget, with labels)")
+    parser.add_argument("--no-supervised-control", action="store_true", help="skip the supervised reference")
     parser.add_argument("--trainer-flag", dest="trainer_flags", action="append", default=[],
                         help="extra trainer flag, repeatable, e.g. --trainer-flag=--base-lr --trainer-flag=0.1")
     args = parser.parse_args(argv)
-    if args.steps is None:
-        args.steps = 250 if args.quick else 600
-    if args.minutes_per_run is None:
-        args.minutes_per_run = 3.0 if args.quick else 8.0
+    gpu = args.gpu
+    args.steps = args.steps or (2000 if gpu else 300 if args.quick else 600)
+    args.seeds = args.seeds or 2
+    args.minutes_per_run = args.minutes_per_run or (30.0 if gpu else 4.0)
+    args.crop = args.crop or (112 if gpu else 32)
+    args.frames = args.frames or (16 if gpu else 4)
+    args.batch_size = args.batch_size or (32 if gpu else 16)
+    args.workers = args.workers or (8 if gpu else 1)
+    args.backbone = "r3d_18" if gpu else "tiny"
+    args.profile = "paper" if gpu else "cpu"
+    args.device = "cuda" if gpu else "cpu"
+    if gpu:
+        args.parallel = 1
     args.data = args.data.resolve()
+    args.out = args.out.resolve()
+    args.index_cache = args.out / "index-cache.json"
     return args
 
 
@@ -367,64 +534,88 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.trainer_threads)
-        ensure_dataset(args.data)
-        print("[learning] reading the eval-mode train/val splits ...", file=sys.stderr, flush=True)
-        bank = read_eval_split(args, "train", args.out / "eval-train-service.log")
-        queries = read_eval_split(args, "val", args.out / "eval-val-service.log")
+        ensure_dataset(args)
+        log("reading the eval-mode train/val splits ...")
+        bank = read_eval_split(args, "train")
+        queries = read_eval_split(args, "val")
+        num_classes = int(max(int(b.label.max()) for b in bank)) + 1
+        log(f"{sum(int((~b.is_padding).sum()) for b in bank)} bank videos, "
+            f"{sum(int((~b.is_padding).sum()) for b in queries)} queries, {num_classes} classes")
 
-        random_results = [evaluate(random_model(seed), bank, queries, args.k) for seed in range(args.random_seeds)]
-        random_knn = sum(r["knn_top1"] for r in random_results) / len(random_results)
-        results: dict[str, Any] = {}
-        supervised: dict[str, Any] | None = None
-        for run in runs:
-            print(f"[learning] pretraining {run.name} ({args.steps} steps, ≤ {args.minutes_per_run} min) ...",
-                  file=sys.stderr, flush=True)
-            train_info = pretrain(args, run, args.out)
-            scores = evaluate(load_model(args.out / run.name), bank, queries, args.k)
-            results[run.name] = {**dataclasses.asdict(run), **train_info, **scores,
-                                 "knn_vs_random_points": round(100 * (scores["knn_top1"] - random_knn), 1)}
-            print(f"[learning] {run.name}: kNN top-1 {scores['knn_top1']:.3f} (random {random_knn:.3f}), "
-                  f"{train_info['steps']} steps in {train_info['wall_seconds']} s", file=sys.stderr, flush=True)
+        random_per_seed = [{"seed": s, **evaluate(random_model(args, s), bank, queries, args)} for s in range(args.seeds + 1)]
+        random_init = summarise("random_init", None, None, None, random_per_seed)
+        log(f"random init: kNN {random_init['knn_top1_mean']:.1f} ± {random_init['knn_top1_std']:.1f}")
+
+        jobs = [(run, seed) for run in runs for seed in range(args.seeds + (run.extra_seeds if not args.quick else 0))]
+        jobs.sort(key=lambda job: -job[0].steps_factor * job[0].num_clips)  # the long ones first
+        train_info: dict[tuple[str, int], dict[str, Any]] = {}
+        supervised_models: list[tuple[Any, dict[str, Any]]] = []
+
+        def do(job: tuple[RunSpec, int] | tuple[None, int]) -> None:
+            run, seed = job
+            if run is None:
+                supervised_models.append(supervised_control(args, seed, num_classes))
+                log(f"supervised seed {seed}: {supervised_models[-1][1]['steps']} steps")
+                return
+            info = pretrain(args, run, seed)
+            train_info[(run.name, seed)] = info
+            log(f"{run.name} seed {seed}: {info['steps']} steps in {info['wall_seconds']} s "
+                f"({info['mean_clips_per_second']} clips/s, data wait {info['mean_data_wait_fraction']})")
+
+        all_jobs: list[Any] = list(jobs)
         if not args.no_supervised_control:
-            print("[learning] supervised control (labels, same backbone / stream / budget) ...", file=sys.stderr, flush=True)
-            model, info = supervised_control(args, args.out)
-            scores = evaluate(model, bank, queries, args.k)
-            supervised = {**info, **scores, "knn_vs_random_points": round(100 * (scores["knn_top1"] - random_knn), 1)}
-            print(f"[learning] supervised control: kNN top-1 {scores['knn_top1']:.3f}", file=sys.stderr, flush=True)
+            all_jobs += [(None, s) for s in range(args.seeds)]
+        log(f"{len(all_jobs)} training runs, {args.parallel} at a time ...")
+        with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+            for future in [pool.submit(do, job) for job in all_jobs]:
+                future.result()
+
+        configurations: dict[str, dict[str, Any]] = {}
+        for run in runs:
+            per_seed = []
+            for (name, seed), info in sorted(train_info.items()):
+                if name == run.name:
+                    scores = evaluate(load_model(args.out / f"{name}-seed{seed}"), bank, queries, args)
+                    per_seed.append({**info, **scores})
+            configurations[run.name] = summarise(run.name, run.objective, run.num_clips, run.max_span_seconds, per_seed,
+                                                 steps=args.steps * run.steps_factor, group=run.group)
+            log(f"{run.name}: kNN {configurations[run.name]['knn_top1_mean']:.1f} ± "
+                f"{configurations[run.name]['knn_top1_std']:.1f}")
+        supervised = None
+        if supervised_models:
+            per_seed = [{**info, **evaluate(model, bank, queries, args)} for model, info in
+                        sorted(supervised_models, key=lambda m: m[1]["seed"])]
+            supervised = summarise("supervised", "cross-entropy on labels", 2, None, per_seed, steps=args.steps)
     except KeyboardInterrupt:
-        print("[learning] interrupted", file=sys.stderr)
+        log("interrupted")
         return 130
     finally:
         _stop_all()
         signal.signal(signal.SIGTERM, previous)
 
-    objectives_run = [o for o in OBJECTIVES if o in results]
-    targets = {
-        "every_objective_beats_random_by_15_points": all(results[o]["knn_vs_random_points"] >= 15 for o in objectives_run)
-        if objectives_run else None,
-        "rho4_ge_rho2": results["moco-rho4"]["knn_top1"] >= results["moco"]["knn_top1"]
-        if {"moco", "moco-rho4"} <= set(results) else None,
-        "global_ge_tmax0": results["moco"]["knn_top1"] >= results["moco-tmax0"]["knn_top1"]
-        if {"moco", "moco-tmax0"} <= set(results) else None,
-    }
     document = {
-        "benchmark": "learning", "command": " ".join([sys.executable, *sys.argv]),
-        "settings": {"data": str(args.data), "steps": args.steps, "minutes_per_run": args.minutes_per_run,
+        "benchmark": "learning", "command": " ".join(["python", "benchmarks/learning.py", *(argv or sys.argv[1:])]),
+        "training_path": "every pretraining run: its own `clipserve start` service + `python -m trainer` over "
+                         "shared memory (ClipStream); supervised control: ClipStream from a service in this process",
+        "settings": {"data": str(args.data), "steps": args.steps, "seeds": args.seeds, "parallel": args.parallel,
                      "crop_size_pixels": args.crop, "frames_per_clip": args.frames, "frame_stride": args.stride,
-                     "batch_size": args.batch_size, "workers": args.workers, "seed": args.seed, "k": args.k,
-                     "backbone": "tiny", "profile": "cpu", "trainer_flags": args.trainer_flags},
-        "num_bank_videos": len({int(v) for b in bank for v in b.video_index}),
-        "num_query_videos": len({int(v) for b in queries for v in b.video_index}),
-        "random_init": {"knn_top1_mean": random_knn, "per_seed": random_results},
-        "runs": results, "supervised_control": supervised, "targets": targets, "total_wall_seconds": round(time.monotonic() - started, 1),
+                     "target_fps": args.target_fps, "batch_size": args.batch_size, "workers": args.workers,
+                     "eval_clips": args.eval_clips, "k": args.k, "backbone": args.backbone, "profile": args.profile,
+                     "device": args.device, "moco_queue": args.moco_queue, "trainer_flags": args.trainer_flags},
+        "num_bank_videos": sum(int((~b.is_padding).sum()) for b in bank),
+        "num_query_videos": sum(int((~b.is_padding).sum()) for b in queries),
+        "random_init": random_init, "supervised": supervised, "configurations": configurations,
+        "targets": check_targets(configurations, random_init, supervised),
+        "total_wall_seconds": round(time.monotonic() - started, 1),
     }
     (args.out / "results.json").write_text(json.dumps(document, indent=2))
+    draw_plot(document, args.out / "learning.png")
     print(json.dumps(document, indent=2))
-    summary = ", ".join(f"{name} {r['knn_top1']:.3f}" for name, r in results.items())
-    if supervised is not None:
-        summary += f"; supervised control {supervised['knn_top1']:.3f}"
-    print(f"learning: kNN top-1 (k={args.k}, {document['num_query_videos']} val queries) random {random_knn:.3f}; "
-          f"{summary}; targets {targets}")
+    summary = ", ".join(f"{name} {c['knn_top1_mean']:.1f}±{c['knn_top1_std']:.1f}" for name, c in configurations.items())
+    sup = f"supervised {supervised['knn_top1_mean']:.1f}±{supervised['knn_top1_std']:.1f}; " if supervised else ""
+    print(f"learning: kNN top-1 % ({document['num_query_videos']} val queries, {args.steps} steps) "
+          f"random {random_init['knn_top1_mean']:.1f}±{random_init['knn_top1_std']:.1f}; {sup}{summary}; "
+          f"in {document['total_wall_seconds'] / 60:.1f} min -> {args.out / 'results.json'}")
     return 0
 
 

@@ -5,14 +5,22 @@ from __future__ import annotations
 import argparse
 
 from clipserve.sample import CLASS_NAMES, build_sample, default_workers, make_sample_spec
+from clipserve.sample.spec import LEARNABLE_CLASS_NAMES, make_learnable_spec
 
 HELP = "Make a small Kinetics-400-layout dataset of real encoded videos (one motion pattern per class)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="dataset root to write (annotations/, train/, val/)")
-    parser.add_argument("--classes", type=int, default=8, help=f"number of classes (1 to {len(CLASS_NAMES)})")
-    parser.add_argument("--videos-per-class", type=int, default=12, help="videos per class (~80%% train, 20%% val)")
+    parser.add_argument("--preset", choices=["motion", "learnable"], default="motion",
+                        help="motion: one motion pattern per class, K400-like sizes and rates (default); "
+                             "learnable: one object category per class whose pose, scale, shape, colour and scene "
+                             "drift along the timeline, 48x48 at 15 fps, 8 s (10 x 60 videos, 200 val)")
+    parser.add_argument("--classes", type=int, default=None,
+                        help=f"number of classes (motion: 1 to {len(CLASS_NAMES)}, default 8; "
+                             f"learnable: 1 to {len(LEARNABLE_CLASS_NAMES)}, default 10)")
+    parser.add_argument("--videos-per-class", type=int, default=None,
+                        help="videos per class (motion: default 12, ~80%% train; learnable: default 60, 1/3 val)")
     parser.add_argument("--codec", choices=["h264", "vp9"], default="h264", help="h264 -> .mp4, vp9 -> .webm")
     parser.add_argument("--seed", type=int, default=0, help="everything written is a function of this seed")
     parser.add_argument("--workers", type=int, default=None,
@@ -23,7 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = make_sample_spec(args.classes, args.videos_per_class, args.codec, args.seed)
+    if args.preset == "learnable":
+        spec = make_learnable_spec(args.classes or 10, args.videos_per_class or 60, args.codec, args.seed)
+    else:
+        spec = make_sample_spec(args.classes or 8, args.videos_per_class or 12, args.codec, args.seed)
     result = build_sample(args.out, spec, workers=args.workers, force=args.force, progress=args.progress)
     print(result.summary())
     return 0

@@ -334,13 +334,20 @@ def render_frames(
 
     Frames are drawn in yuv420p, the format that is encoded: with ``pixel_format='yuv420p'`` each
     is a packed ``(H * 3 // 2, W)`` uint8 array (Y, then U and V; see ``encode_video``), with
-    'rgb24' it is converted to ``(H, W, 3)`` uint8 RGB. Motion is a function of time in seconds
+    'rgb24' it is converted to ``(H, W, 3)`` uint8 RGB. Videos of the learnable world
+    (``video.world == 'learnable'``) are drawn by :mod:`clipserve.sample.learnable`. Motion is a function of time in seconds
     (not of the frame index), so a class moves alike at 25, 29.97 and 30 fps. Deterministic and
     bit-exact: a function of ``video`` only.
     """
     width, height = video.width_pixels, video.height_pixels
     if width % 2 or height % 4:
         raise ConfigError(f"frame size {width}x{height}: width must be even and height a multiple of 4 (yuv420p)")
+    if video.world == "learnable":
+        from clipserve.sample.learnable import render_learnable_yuv420p  # imports this module
+
+        for frame in render_learnable_yuv420p(video):
+            yield frame if pixel_format == "yuv420p" else yuv420p_to_rgb(frame)
+        return
     rng = np.random.default_rng(video.render_seed)
     background_rgb = _background(rng, width, height)
     colour = _object_colour(rng, background_rgb)

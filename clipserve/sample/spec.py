@@ -18,6 +18,10 @@ from pydantic import BaseModel, ConfigDict
 from clipserve.errors import ConfigError
 
 SampleCodec = Literal["h264", "vp9"]
+SampleWorld = Literal["motion", "learnable"]
+"""'motion': the default set, one motion pattern per class (:mod:`clipserve.sample.renderers`);
+'learnable': one object category per class whose pose, scale, shape and colours drift over the
+video's timeline (:mod:`clipserve.sample.learnable`)."""
 
 ANNOTATION_HEADER = ("label", "youtube_id", "time_start", "time_end", "split")
 """The official Kinetics-400 CSV columns, in order."""
@@ -77,6 +81,8 @@ class SampleVideo(BaseModel):
     has_audio: bool
     render_seed: int
     """Seed of this video's appearance (background, colours, positions, phases)."""
+    world: SampleWorld = "motion"
+    """Which renderer draws the frames (see :data:`SampleWorld`)."""
 
     @property
     def fps(self) -> Fraction:
@@ -109,6 +115,7 @@ class SampleSpec(BaseModel):
     videos_per_class: int
     max_duration_seconds: float | None = None
     frame_scale: float = 1.0
+    world: SampleWorld = "motion"
     videos: list[SampleVideo]
 
     @property
@@ -122,7 +129,10 @@ class SampleSpec(BaseModel):
 
     def fingerprint(self) -> str:
         """sha256 of the spec: two builds with the same fingerprint write the same files."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+        # the 'motion' world leaves ``world`` out, so sets made before the field existed keep
+        # their fingerprint (and are not refused as "made with other settings")
+        exclude = {"world": True, "videos": {"__all__": {"world"}}} if self.world == "motion" else None
+        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()
 
     def rows(self, split: str) -> list[tuple[str, str, int, int, str]]:
         """Annotation rows of ``split``, sorted by label then youtube_id like the official files."""
@@ -244,3 +254,77 @@ def _youtube_ids(rng: np.random.Generator, n: int) -> list[str]:
             seen.add(candidate)
             ids.append(candidate)
     return ids
+
+
+# --------------------------------------------------------------------------------------------
+# The learnable world (``make-sample --preset learnable``)
+# --------------------------------------------------------------------------------------------
+
+LEARNABLE_CLASS_NAMES: list[str] = [
+    "plain", "striped", "checkered", "polka-dotted", "ringed",
+    "two-tone", "diamond-patterned", "zigzag", "crosshatched", "eyed",
+]
+"""Object categories of the learnable world (the markings every object of a kind shares), one per
+class; ``--classes N`` takes the first N."""
+
+LEARNABLE_FRAME_PIXELS = 48
+"""Width and height of every learnable-world video, pixels."""
+LEARNABLE_FPS = 15
+"""Frame rate of every learnable-world video, frames per second."""
+LEARNABLE_DURATION_SECONDS = 8.0
+"""Length of every learnable-world video, seconds (120 frames)."""
+
+
+def make_learnable_spec(
+    num_classes: int = 10,
+    videos_per_class: int = 60,
+    codec: SampleCodec = "h264",
+    seed: int = 0,
+    *,
+    val_fraction: float = 1 / 3,
+    duration_seconds: float = LEARNABLE_DURATION_SECONDS,
+) -> SampleSpec:
+    """The learnable world: ``num_classes`` object categories × ``videos_per_class`` videos.
+
+    Every video is ``LEARNABLE_FRAME_PIXELS``² at ``LEARNABLE_FPS`` fps, ``duration_seconds`` long,
+    keyframes every 2 s, no audio. The label is the object's category, which persists for the whole
+    video; the object's pose, scale, shape and colour and the scene (pan, lighting) drift along the
+    timeline (see :mod:`clipserve.sample.learnable`). The default (10 × 60, a third to ``val``)
+    gives 400 train and 200 val videos, so one val query is 0.5 point of top-1.
+
+    Args:
+        num_classes (int): 1 to ``len(LEARNABLE_CLASS_NAMES)``.
+        videos_per_class (int): ≥ 2; ``round(videos_per_class * val_fraction)`` (at least 1) go to ``val``.
+        val_fraction (float): share of each class in ``val``, in (0, 1).
+        duration_seconds (float): length of every video, in [1, 60] seconds.
+    """
+    if not 1 <= num_classes <= len(LEARNABLE_CLASS_NAMES):
+        raise ConfigError(f"num_classes ({num_classes}) must be in [1, {len(LEARNABLE_CLASS_NAMES)}]")
+    if videos_per_class < 2:
+        raise ConfigError(f"videos_per_class ({videos_per_class}) must be >= 2 for the learnable world")
+    if codec not in _EXTENSION:
+        raise ConfigError(f"codec ({codec!r}) must be one of {sorted(_EXTENSION)}")
+    if seed < 0:
+        raise ConfigError(f"seed ({seed}) must be >= 0")
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction ({val_fraction}) must be in (0, 1)")
+    if not 1.0 <= duration_seconds <= 60.0:
+        raise ConfigError(f"duration_seconds ({duration_seconds}) must be in [1, 60]")
+    rng = np.random.default_rng([SPEC_VERSION, 11, seed])
+    n = num_classes * videos_per_class
+    youtube_ids = _youtube_ids(rng, n)
+    num_val = min(videos_per_class - 1, max(1, round(videos_per_class * val_fraction)))
+    num_frames = max(1, round(duration_seconds * LEARNABLE_FPS))
+    videos = []
+    for k in range(n):
+        class_index, j = divmod(k, videos_per_class)
+        start = int(rng.integers(0, 290))
+        videos.append(SampleVideo(
+            label_name=LEARNABLE_CLASS_NAMES[class_index], youtube_id=youtube_ids[k], time_start_seconds=start,
+            time_end_seconds=start + 10, split="val" if j >= videos_per_class - num_val else "train", codec=codec,
+            width_pixels=LEARNABLE_FRAME_PIXELS, height_pixels=LEARNABLE_FRAME_PIXELS, fps_numerator=LEARNABLE_FPS,
+            fps_denominator=1, duration_seconds=round(num_frames / LEARNABLE_FPS, 6),
+            keyframe_interval_frames=2 * LEARNABLE_FPS, has_audio=False, render_seed=int(rng.integers(2**31)),
+            world="learnable"))
+    return SampleSpec(seed=seed, codec=codec, num_classes=num_classes, videos_per_class=videos_per_class,
+                      world="learnable", videos=videos)
