@@ -482,7 +482,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer steps, 2 seeds for the timespan runs too")
     parser.add_argument("--gpu", action="store_true",
                         help="GPU scale: r3d_18, 112² crops, T=16, batch 32, 2000 steps, paper profile, cuda")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 600; --quick 300)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 800; --quick 400)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default 2; timespan +1)")
     parser.add_argument("--minutes-per-run", type=float, default=None, help="wall-clock cap per run, minutes (default 4)")
     parser.add_argument("--parallel", type=int, default=2, help="runs in flight at once (default 2: one per core)")
@@ -506,7 +506,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="extra trainer flag, repeatable, e.g. --trainer-flag=--base-lr --trainer-flag=0.1")
     args = parser.parse_args(argv)
     gpu = args.gpu
-    args.steps = args.steps or (2000 if gpu else 300 if args.quick else 600)
+    args.steps = args.steps or (2000 if gpu else 400 if args.quick else 800)
     args.seeds = args.seeds or 2
     args.minutes_per_run = args.minutes_per_run or (30.0 if gpu else 4.0)
     args.crop = args.crop or (112 if gpu else 32)

@@ -98,9 +98,9 @@ def _square(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (np.abs(u) <= 0.85) & (np.abs(v) <= 0.85)
 
 
-SHAPES: list[ShapeFn] = [_disc, _square, _triangle, _crescent, _cross, _ring, _fan, _hollow_square, _letter_t,
-                         _letter_l, _dumbbell, _arrow]
-"""Outlines an object can have, drawn per video (not per class): the outline is a nuisance."""
+SHAPES: dict[str, ShapeFn] = dict(zip(LEARNABLE_CLASS_NAMES, [
+    _disc, _cross, _square, _triangle, _ring, _crescent, _fan, _letter_t, _hollow_square, _arrow]))
+"""Category name -> the object's outline (each category has its own outline and its own markings)."""
 
 
 def _frac(x: np.ndarray) -> np.ndarray:
@@ -311,7 +311,7 @@ def render_learnable_rgb(video: SampleVideo) -> Iterator[np.ndarray]:
     rng = np.random.default_rng(video.render_seed)
     texture, background_luma = _texture(rng, width, height)
     look = make_look(rng, video, background_luma)
-    shape, pattern = _disc, PATTERNS[video.label_name]
+    shape, pattern = SHAPES[video.label_name], PATTERNS[video.label_name]
     fps = float(video.fps)
     for i in range(video.num_frames):
         state = look.state(i / fps)
