@@ -35,7 +35,7 @@ bench: venv
 	$(BIN)/python benchmarks/ring.py
 	$(BIN)/python benchmarks/service.py
 
-# longer runs: learning (~11 min quick), REST load, memory over 10,000 batches
+# longer runs: learning (~10 min quick, on the learnable world), REST load, memory over 10,000 batches
 bench-long: venv
 	$(BIN)/python benchmarks/learning.py --quick
 	$(BIN)/python benchmarks/load.py

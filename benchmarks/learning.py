@@ -26,15 +26,16 @@ Configurations (each over several seeds, reported as mean ± std over seeds):
 
 Commands::
 
-    python benchmarks/learning.py                 # the whole table (~25 min on 2 idle cores)
-    python benchmarks/learning.py --quick         # fewer steps and seeds (~10 min), same table shape
+    python benchmarks/learning.py                 # the whole table (800 steps a run, ~25 min on 2 cores)
+    python benchmarks/learning.py --quick         # 400 steps, no extra timespan seeds (~10 min)
     python benchmarks/learning.py --only moco,moco-tmax0 --seeds 2
     python benchmarks/learning.py --gpu           # GPU scale (not run here): r3d_18, 112², more steps
 
-``--gpu`` switches to backbone r3d_18, 112×112 crops of the same world rendered… no: of any K400-layout
-``--data`` you give it (the learnable world is 48×48, so use ``make-sample --preset learnable`` only
-for the CPU table), 16 frames, batch 32, 2000 steps, the trainer's ``cpu`` profile replaced by the
-``paper`` hyperparameters, ``--device cuda`` and 8 decode workers.
+``--gpu`` is the same benchmark at GPU scale (documented, not run on the CPU machines): backbone
+r3d_18, 112×112 crops, T=16 frames, batch 32, 2000 steps, the trainer's ``paper`` hyperparameters
+instead of ``cpu``, ``--device cuda``, 8 decode workers per service and one run at a time. The
+learnable world is 48×48, so give it a larger K400-layout ``--data`` (e.g. a real Kinetics subset);
+the GPU run never builds a dataset.
 
 Output: one JSON document on stdout and in ``<out>/results.json`` (per configuration ``name``,
 ``objective``, ``num_clips``, ``max_span_seconds`` (null = global), ``seeds``, ``knn_top1_mean``,

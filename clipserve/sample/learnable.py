@@ -1,16 +1,19 @@
 """Frames of the learnable world (``make-sample --preset learnable``): an object category that
 persists, an appearance that drifts along the timeline.
 
-Each video shows one object whose *category* (its shape: ring, cross, ...) is the label and never
-changes. Everything else drifts smoothly over the video's timeline, the way actors and objects do in
-real footage:
+Each video shows one large object whose *category* is the label and never changes: every category
+has its own outline (disc, cross, square, ...) and its own markings (plain, striped, checkered, ...),
+drawn in the object's own coordinates, so they turn, scale and stretch with it. Everything else
+drifts smoothly along the video's timeline (as a fraction of the video's length), the way actors and
+objects do in real footage:
 
-- the object's own appearance: orientation (0.6 to 1 turn over the video plus a wobble), scale (×1.6
-  from one end to the other), deformation (an area-preserving stretch) and viewpoint (foreshortening
-  along one axis, down to 55 %), position (a drift across the centre) and colour (from one colour
-  to another);
-- the scene: a low-contrast textured background panning sideways, and lighting (gain and tint)
-  changing from one end to the other.
+- the object's own appearance: orientation (a quarter turn or more over the video, plus a wobble),
+  scale (×1.6 from one end to the other), deformation (an area-preserving stretch), viewpoint
+  (foreshortening along one axis, down to 70 %), position (a drift across the centre) and colour
+  (its hue runs through 1.5 to 2.5 turns of the colour wheel; its luma stays apart from the
+  background's);
+- the scene: a low-contrast textured background panning sideways, and lighting (a gain moving from
+  one value to another and a coloured tint whose hue also cycles).
 
 So two clips far apart in time show the same category under different poses, sizes, colours and
 lighting (a natural augmentation of each other), while two clips at one moment share all of that:
@@ -66,10 +69,6 @@ def _crescent(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (u * u + v * v <= 1.0) & (w * w + v * v > 0.5625)
 
 
-def _letter_l(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    return ((u >= -0.75) & (u <= -0.15) & (np.abs(v) <= 1.0)) | ((np.abs(u) <= 0.75) & (v >= 0.4) & (v <= 1.0))
-
-
 def _letter_t(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return ((np.abs(u) <= 0.9) & (v >= -1.0) & (v <= -0.45)) | ((np.abs(u) <= 0.3) & (np.abs(v) <= 1.0))
 
@@ -77,11 +76,6 @@ def _letter_t(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 def _hollow_square(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     m = np.maximum(np.abs(u), np.abs(v))
     return (m <= 0.8) & (m >= 0.38)
-
-
-def _dumbbell(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    left, right = u + 0.6, u - 0.6
-    return (left * left + v * v <= 0.16) | (right * right + v * v <= 0.16) | ((np.abs(u) <= 0.6) & (np.abs(v) <= 0.14))
 
 
 def _arrow(u: np.ndarray, v: np.ndarray) -> np.ndarray:

@@ -287,9 +287,9 @@ def make_learnable_spec(
     """The learnable world: ``num_classes`` object categories × ``videos_per_class`` videos.
 
     Every video is ``LEARNABLE_FRAME_PIXELS``² at ``LEARNABLE_FPS`` fps, ``duration_seconds`` long,
-    keyframes every 2 s, no audio. The label is the object's category, which persists for the whole
-    video; the object's pose, scale, shape and colour and the scene (pan, lighting) drift along the
-    timeline (see :mod:`clipserve.sample.learnable`). The default (10 × 60, a third to ``val``)
+    keyframes every 2 s, no audio. The label is the object's category (its outline and markings),
+    which persists for the whole video; the object's pose, scale, stretch, position and colour and
+    the scene (pan, lighting) drift along the timeline (see :mod:`clipserve.sample.learnable`). The default (10 × 60, a third to ``val``)
     gives 400 train and 200 val videos, so one val query is 0.5 point of top-1.
 
     Args:
