@@ -213,6 +213,15 @@ def _matrix(kr: float, kb: float, *, full_range: bool) -> np.ndarray:
     return np.hstack([coefficients, offsets[:, None]]).astype(np.float32)
 
 
+def bt601_rgb_correction(colour: YuvColour) -> np.ndarray:
+    """3×4 float64 ``C`` with ``rgb_colour = C · [R, G, B, 1]`` for RGB that was converted as BT.601
+    (same range as ``colour``), as DALI does for every stream: ``M_colour · M_601⁻¹``. Exact up to the
+    clipping and rounding of the BT.601 conversion (see ``clipserve.executors.dali``, "Colour")."""
+    bt601 = np.vstack([yuv_to_rgb_matrix(YuvColour("bt601", colour.full_range)), [0.0, 0.0, 0.0, 1.0]]).astype(np.float64)
+    target = np.vstack([yuv_to_rgb_matrix(colour), [0.0, 0.0, 0.0, 1.0]]).astype(np.float64)
+    return (target @ np.linalg.inv(bt601))[:3]
+
+
 YUV_TO_RGB_BT601_LIMITED: np.ndarray = yuv_to_rgb_matrix(UNTAGGED_COLOUR)
 """``[R, G, B] = M · [Y, U, V, 1]`` (3×4 float32), BT.601 limited range, as swscale's default and DALI."""
 
