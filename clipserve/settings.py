@@ -39,9 +39,14 @@ class ServiceConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
     # dataset
-    dataset: str = Field("k400", description="dataset adapter name ('k400' or 'folder')")
+    dataset: str = Field(
+        "k400", description="dataset adapter name: k400, k600, k700, folder, ucf101, hmdb51 or ssv2"
+    )
     root: Path = Field(..., description="dataset root directory")
     split: str = Field("train", description="dataset split to serve, e.g. 'train' or 'val'")
+    split_id: int = Field(
+        1, ge=1, le=3, description="official train/test split of ucf101 and hmdb51, 1..3 (must be 1 for the others)"
+    )
     index_cache_path: Path | None = Field(
         None, description="index cache file; None = the index's default location (reused across starts)"
     )

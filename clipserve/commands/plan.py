@@ -20,9 +20,11 @@ HELP = "print the clip plan (JSON) of one video; optionally write its decoded an
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="k400", help="dataset adapter: k400 or folder")
+    parser.add_argument("--dataset", default="k400", help="dataset adapter: k400, k600, k700, folder, ucf101, hmdb51, ssv2")
     parser.add_argument("--root", type=Path, required=True, help="dataset root directory")
     parser.add_argument("--split", default="train", help="dataset split")
+    parser.add_argument("--split-id", type=int, default=1,
+                        help="official train/test split of ucf101/hmdb51, 1..3 (default 1)")
     parser.add_argument("--video", type=int, required=True, help="video index (order of `clipserve index`)")
     parser.add_argument("--epoch", type=int, default=0, help="epoch the plan is drawn for")
     parser.add_argument("--seed", type=int, default=0, help="seed of plans and epoch order")
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from clipserve.plan import plan
 
     sampling, augment = configs_from_args(args)
-    index = build_index(args.root, dataset=args.dataset, split=args.split, workers=args.workers, progress=True)
+    index = build_index(args.root, dataset=args.dataset, split=args.split, split_id=args.split_id, workers=args.workers, progress=True)
     if not 0 <= args.video < len(index.records):
         raise ConfigError(f"--video ({args.video}) must be in [0, {len(index.records)}): the index has "
                           f"{len(index.records)} usable videos")

@@ -30,9 +30,10 @@ HELP = "serve clip batches to trainers (shared memory / HTTP) and the REST contr
 
 # (flag, ServiceConfig field, type, help with unit). The default shown comes from ServiceConfig.
 _FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--dataset", "dataset", str, "dataset adapter: k400 or folder"),
+    ("--dataset", "dataset", str, "dataset adapter: k400, k600, k700, folder, ucf101, hmdb51, ssv2"),
     ("--root", "root", Path, "dataset root directory"),
     ("--split", "split", str, "dataset split to serve, e.g. train or val"),
+    ("--split-id", "split_id", int, "official train/test split of ucf101/hmdb51, 1..3"),
     ("--index-cache", "index_cache_path", Path,
      "index cache file (SQLite); unset: <root>/.clipserve/ or ~/.cache/clipserve/"),
     ("--backend", "backend", str, "executor: pyav (CPU), dali (NVDEC on a GPU; CPU only for VP9), auto"),
