@@ -53,6 +53,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                         help="smallest distance between the earliest and latest clip start, seconds")
     parser.add_argument("--crop-size", type=int, default=a.crop_size_pixels, help="output height/width, pixels")
     parser.add_argument("--eval-mode", action="store_true", help="centre crop, no random augmentation")
+    parser.add_argument("--temporal-sampling", choices=["random", "centre"], default=s.temporal_sampling,
+                        help="clip starts: random (training) or centre (evenly placed; --num-clips 1: the centre clip)")
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[SamplingConfig, AugmentConfig]:
@@ -61,7 +63,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[SamplingConfig, Augment
         sampling = SamplingConfig(
             num_clips=args.num_clips, frames_per_clip=args.frames_per_clip, frame_stride=args.frame_stride,
             target_fps=args.target_fps, max_span_seconds=args.max_span_seconds,
-            min_span_seconds=args.min_span_seconds,
+            min_span_seconds=args.min_span_seconds, temporal_sampling=args.temporal_sampling,
         )
         augment = AugmentConfig.evaluation(args.crop_size) if args.eval_mode else AugmentConfig(crop_size_pixels=args.crop_size)
     except ValueError as exc:

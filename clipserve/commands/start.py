@@ -44,6 +44,8 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--max-span-seconds", "max_span_seconds", float,
      "t_max, largest distance between clip starts (seconds); unset: global sampling"),
     ("--min-span-seconds", "min_span_seconds", float, "smallest distance between first and last clip start (seconds)"),
+    ("--temporal-sampling", "temporal_sampling", str,
+     "clip starts: random (training) or centre (evenly placed, no draw; with --num-clips 1 the centre clip)"),
     ("--crop-size", "crop_size_pixels", int, "height and width of every output frame (pixels)"),
     ("--batch-size", "batch_size", int, "B, videos per batch (videos)"),
     ("--workers", "workers", int,
