@@ -183,9 +183,14 @@ _SWS_COLORSPACE: dict[str, int] = {"bt709": 1, "fcc": 4, "bt601": 5, "smpte240m"
 def frame_colour(frame: av.VideoFrame) -> YuvColour:
     """The matrix and range ``frame`` declares (``frame.colorspace``/``color_range``, and ``yuvj*``
     formats for full range); FFmpeg's defaults (BT.601, limited) where it declares none."""
-    matrix = _AVCOL_SPC_MATRIX.get(int(frame.colorspace), "bt601")
-    full_range = int(frame.color_range) == _AVCOL_RANGE_JPEG or frame.format.name.startswith("yuvj")
-    return YuvColour(matrix, full_range)
+    return declared_colour(int(frame.colorspace), int(frame.color_range), frame.format.name)
+
+
+def declared_colour(colorspace: int, color_range: int, pixel_format: str) -> YuvColour:
+    """The colour of AVColorSpace ``colorspace`` / AVColorRange ``color_range`` tags (a frame's or a
+    stream's ``codec_context``), ``yuvj*`` formats meaning full range; FFmpeg's defaults when untagged."""
+    full_range = color_range == _AVCOL_RANGE_JPEG or pixel_format.startswith("yuvj")
+    return YuvColour(_AVCOL_SPC_MATRIX.get(colorspace, "bt601"), full_range)
 
 
 _MATRICES: dict[YuvColour, np.ndarray] = {}
