@@ -4,7 +4,8 @@
 The videos are the Kinetics-layout sample's (``clipserve.sample_data``: one motion pattern per
 class, content drawn per video), renamed and re-encoded the way each dataset ships:
 
-- ``ucf101``: XVID AVI (FFmpeg's ``mpeg4`` encoder, codec tag ``XVID``), 320×240, 25 fps::
+- ``ucf101``: XVID AVI (FFmpeg's ``mpeg4`` encoder, codec tag ``XVID``, two B-frames as XviD's default,
+  one VOP per AVI chunk: FFmpeg does not write XviD's "packed bitstream"), 320×240, 25 fps::
 
       UCF-101/<Class>/v_<Class>_g<GG>_c<CC>.avi
       ucfTrainTestlist/classInd.txt, trainlist0{1,2,3}.txt, testlist0{1,2,3}.txt
@@ -169,7 +170,7 @@ def make_layout_spec(layout: str, num_classes: int = 5, videos_per_class: int = 
 def encode_layout_video(layout: str, video: SampleVideo, path: str | Path) -> int:
     """Render ``video`` and encode it as ``layout`` ships its videos; return the file size in bytes.
 
-    ucf101/hmdb51: FFmpeg ``mpeg4`` (MPEG-4 Part 2 ASP, no B-frames) in AVI with codec tag XVID;
+    ucf101/hmdb51: FFmpeg ``mpeg4`` (MPEG-4 Part 2, two B-frames, unpacked) in AVI with codec tag XVID;
     ssv2: libvpx-vp9 in WebM. One encoder thread (parallelism comes from encoding several videos).
     """
     _, _, _, encoder, tag = _FORMATS[layout]
@@ -181,6 +182,7 @@ def encode_layout_video(layout: str, video: SampleVideo, path: str | Path) -> in
             stream.codec_context.codec_tag = tag
         if encoder == "mpeg4":  # ~0.25 bit per pixel, about what UCF101's XVID files use
             stream.codec_context.bit_rate = int(0.25 * video.width_pixels * video.height_pixels * float(video.fps))
+            stream.codec_context.max_b_frames = 2  # as XviD's default (unpacked: one VOP per AVI chunk)
             stream.options = {"threads": "1"}
         else:
             stream.options = {"crf": "32", "b": "0", "deadline": "realtime", "cpu-used": "8", "threads": "1"}

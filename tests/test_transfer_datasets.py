@@ -78,6 +78,25 @@ def test_ssv2_sample_is_id_named_vp9_webm_with_the_json_files(layouts: dict[str,
         assert container.streams.video[0].codec_context.name == "vp9"
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_generated_videos_are_served_frame_exact(layouts: dict[str, Path], layout: str) -> None:
+    """Frame i of the executor is the i-th frame of a full sequential decode, on the XVID AVIs (with
+    B-frames) and the VP9 WebMs the layouts use."""
+    from clipserve.executors.pyav import decode_frames
+    from videos_pyav import sequential_reference
+
+    index = build_index(layouts[layout], dataset=layout, split="train", workers=0, progress=False)
+    record = index.records[0]
+    path = index.path_of(0)
+    reference = sequential_reference(path)
+    assert record.num_frames == len(reference)
+    indices = [len(reference) - 1, 0, *range(1, len(reference), 3)]
+    assert np.array_equal(decode_frames(path, indices), reference[indices])
+    if layout != "ssv2":
+        with av.open(str(path)) as container:
+            assert container.streams.video[0].codec_context.has_b_frames
+
+
 # --- adapters -------------------------------------------------------------------------------------------
 
 
