@@ -158,12 +158,34 @@ def test_ucf101_finds_files_whose_case_differs_from_the_list(tmp_path: Path) -> 
     root = tmp_path / "ucf"
     build_layout_sample(root, make_layout_spec("ucf101", 1, 3, seed=0, frame_scale=0.25, max_duration_seconds=1.0),
                         workers=1)
+    num_listed = len(list_split("ucf101", root, "train", 1).entries)
     listed = (root / "ucfTrainTestlist" / "trainlist01.txt").read_text().split()[0]
     on_disk = root / "UCF-101" / listed
     renamed = on_disk.with_name(on_disk.name.swapcase().replace("V_", "v_").replace(".AVI", ".avi"))
     on_disk.rename(renamed)
     entries = list_split("ucf101", root, "train", 1).entries
     assert renamed.relative_to(root).as_posix() in {e.relative_path for e in entries}
+    folder = renamed.parent
+    moved = folder.rename(folder.with_name(folder.name.upper()))  # the class folder's case differs too
+    entries = list_split("ucf101", root, "train", 1).entries
+    assert (moved / renamed.name).relative_to(root).as_posix() in {e.relative_path for e in entries}
+    assert len(entries) == num_listed and not list_split("ucf101", root, "train", 1).missing_relative_paths
+
+
+def test_ssv2_template_lookup_tolerates_case_and_rejects_unknown_templates(layouts: dict[str, Path],
+                                                                           tmp_path: Path) -> None:
+    root = tmp_path / "ssv2"
+    shutil.copytree(layouts["ssv2"], root, ignore=shutil.ignore_patterns(".clipserve"))
+    train_path = root / "something-something-v2-train.json"
+    rows = json.loads(train_path.read_text())
+    expected = list_split("ssv2", root, "train")
+    rows[0]["template"] = rows[0]["template"].upper().replace(" ", "  ")
+    train_path.write_text(json.dumps(rows))
+    assert list_split("ssv2", root, "train").entries == expected.entries
+    rows[0]["template"] = "Juggling [something] on the moon"
+    train_path.write_text(json.dumps(rows))
+    with pytest.raises(DatasetError, match="template 'Juggling something on the moon' is not in"):
+        list_split("ssv2", root, "train")
 
 
 def test_bad_split_names_ids_and_layouts_are_clear_errors(layouts: dict[str, Path], tmp_path: Path) -> None:

@@ -8,7 +8,7 @@
 
 The annotation files may also sit in ``<root>/labels/`` (as ``labels.json``, ``train.json``, … or with
 the full names). A video's class is its ``template`` with the brackets removed, looked up in the
-labels file; ``label_id`` is the id written there (0..173). ``split`` is ``train``, ``val``
+labels file (exactly, else ignoring case and repeated spaces); ``label_id`` is the id written there (0..173). ``split`` is ``train``, ``val``
 (``validation``) or ``test``; the test videos have no public labels, so they get ``label_id`` -1 and
 the label name "" (usable for serving or feature extraction, not for evaluation).
 """
@@ -44,6 +44,7 @@ def ssv2_adapter(root: str | Path, split: str = "train") -> DatasetListing:
         template_ids = {str(template): int(value) for template, value in labels.items()}
     except (TypeError, ValueError) as exc:
         raise DatasetError(f"{str(labels_path)!r}: class ids must be integers ({exc})") from exc
+    folded = {" ".join(template.lower().split()): class_id for template, class_id in template_ids.items()}
     num_classes = max(template_ids.values()) + 1
     class_names = [""] * num_classes
     for template, class_id in template_ids.items():
@@ -62,10 +63,11 @@ def ssv2_adapter(root: str | Path, split: str = "train") -> DatasetListing:
         label_name, label_id = "", -1
         if stem != "test":
             template = str(row.get("template", "")).replace("[", "").replace("]", "")
-            if template not in template_ids:
+            label_id = template_ids.get(template, folded.get(" ".join(template.lower().split()), -1))
+            if label_id < 0:
                 raise DatasetError(f"{str(rows_path)!r} item {position} (id {row['id']}): template {template!r} "
                                    f"is not in {labels_path.name}")
-            label_name, label_id = template, template_ids[template]
+            label_name = class_names[label_id]
         path = base / f"{row['id']}.webm"
         relative = path.relative_to(root).as_posix()
         if path.is_file():

@@ -7,8 +7,8 @@
 
 ``split`` is ``train`` or ``test`` (``val`` reads the test list too), ``split_id`` N in 1..3 picks the
 official train/test split. Class names are in ``classInd.txt`` order; ``label_id`` = index - 1. A
-test-list line's label is its class folder. File names are matched case-insensitively inside the
-class folder, because the official lists spell some names differently from the files
+test-list line's label is its class folder. File names are matched case-insensitively (class folder and
+file), because the official lists spell some names differently from the files
 (``HandstandPushups/v_HandStandPushups_g01_c01.avi``).
 """
 
@@ -49,7 +49,8 @@ def ucf101_adapter(root: str | Path, split: str = "train", split_id: int = 1) ->
         if label_id is None:
             raise DatasetError(f"{str(list_path)!r} line {number}: class folder {class_folder!r} of {relative!r} "
                                f"is not in classInd.txt ({len(class_names)} classes)")
-        found = finder.find(videos / class_folder, relative.rsplit("/", 1)[-1])
+        folder = finder.find_folder(videos, class_folder) or videos / class_folder
+        found = finder.find(folder, relative.rsplit("/", 1)[-1])
         if found is None:
             missing.append((videos / relative).relative_to(root).as_posix())
             continue
@@ -102,10 +103,24 @@ def _read_class_index(path: Path) -> list[str]:
 
 
 class CaseInsensitiveFiles:
-    """Memoised folder listings: a file name → the file on disk, exact spelling first, then any case."""
+    """Memoised folder listings: a file (or folder) name → the one on disk, exact spelling first, then any case."""
 
     def __init__(self) -> None:
         self._cache: dict[Path, dict[str, str]] = {}
+        self._folders: dict[Path, dict[str, str]] = {}
+
+    def find_folder(self, parent: Path, name: str) -> Path | None:
+        names = self._folders.get(parent)
+        if names is None:
+            try:
+                on_disk = sorted(e.name for e in os.scandir(parent) if e.is_dir())
+            except OSError:
+                on_disk = []
+            names = {n.lower(): n for n in reversed(on_disk)}
+            names.update({n: n for n in on_disk})
+            self._folders[parent] = names
+        found = names.get(name) or names.get(name.lower())
+        return parent / found if found is not None else None
 
     def find(self, folder: Path, name: str) -> Path | None:
         names = self._cache.get(folder)
