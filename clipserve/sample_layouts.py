@@ -241,13 +241,17 @@ def build_layout_sample(root: str | Path, spec: LayoutSpec, *, workers: int | No
     if root.exists() and not root.is_dir():
         raise DatasetError(f"--out {root} exists and is not a directory")
     manifest_path = root / MANIFEST_NAME
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    try:
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    except (OSError, ValueError):
+        manifest = {}  # unreadable: not ours to trust, handled as "made with other settings"
     fingerprint = spec.fingerprint()
-    if manifest is not None and manifest.get("fingerprint") != fingerprint:
+    if manifest is not None and (not isinstance(manifest, dict) or manifest.get("fingerprint") != fingerprint):
         if not force:
             raise DatasetError(f"{root} holds a sample dataset made with other settings; use --force or another --out")
-        for relative in manifest.get("relative_paths", []):
-            (root / relative).unlink(missing_ok=True)
+        for relative in (manifest.get("relative_paths", []) if isinstance(manifest, dict) else []):
+            if ".." not in Path(relative).parts:
+                (root / relative).unlink(missing_ok=True)
     elif manifest is None and root.is_dir() and any(root.iterdir()) and not force:
         raise DatasetError(f"{root} is not empty and was not made by make-sample; use --force or another --out")
     annotations = _annotation_files(spec)

@@ -283,3 +283,22 @@ def test_service_serves_batches_of_each_layout(layouts: dict[str, Path], layout:
     assert clips.shape[:2] == (2, 2) and clips.shape[3:] == (4, 32, 32) and clips.std() > 0
     assert labels == [expected.records[i].label_id for i in indices]
     assert len(expected.records) in (videos.get("total"), len(videos.get("items", videos.get("videos", []))))
+
+
+def test_layout_sample_is_written_once_and_refuses_foreign_folders(tmp_path: Path) -> None:
+    spec = make_layout_spec("hmdb51", 1, 3, seed=5, frame_scale=0.25, max_duration_seconds=1.0)
+    root = tmp_path / "hmdb"
+    first = build_layout_sample(root, spec, workers=1)
+    assert first.num_encoded == 3 and build_layout_sample(root, spec, workers=1).num_encoded == 0
+    other = make_layout_spec("hmdb51", 1, 3, seed=6, frame_scale=0.25, max_duration_seconds=1.0)
+    with pytest.raises(DatasetError, match="other settings"):
+        build_layout_sample(root, other, workers=1)
+    assert build_layout_sample(root, other, workers=1, force=True).num_encoded == 3
+    assert len(list(root.rglob("*.avi"))) == 3  # the previous set's videos were removed
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    with pytest.raises(DatasetError, match="not empty"):
+        build_layout_sample(foreign, spec, workers=1)
+    with pytest.raises(ConfigError, match="layout"):
+        make_layout_spec("kinetics", 1, 3)
