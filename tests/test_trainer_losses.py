@@ -96,6 +96,25 @@ def test_byol_loss_is_minus_two_for_identical_directions():
     assert float(NegativeCosineLoss()(p, z)) == pytest.approx(-2.0)
 
 
+def test_byol_mean_is_half_the_byol_papers_gradient_and_sum_equals_it():
+    """BYOL paper: L = (2 − 2cos(p₀, z₁)) + (2 − 2cos(p₁, z₀)), batch-averaged. For ρ = 2 our 'sum'
+    is that minus 4 (same gradient); 'mean' (the ρ paper) is half of it."""
+    g = torch.Generator().manual_seed(5)
+    p0 = torch.randn(2, 6, 5, generator=g, dtype=torch.float64)
+    z = torch.randn(2, 6, 5, generator=g, dtype=torch.float64)
+    cos = lambda a, b: F.cosine_similarity(a, b, dim=1).mean()  # noqa: E731
+    grads = {}
+    for name, fn in [("paper", lambda p: (2 - 2 * cos(p[0], z[1])) + (2 - 2 * cos(p[1], z[0]))),
+                     ("mean", NegativeCosineLoss("mean")), ("sum", NegativeCosineLoss("sum"))]:
+        p = p0.clone().requires_grad_(True)
+        loss = fn(p, z) if name != "paper" else fn(p)
+        loss.backward()
+        grads[name] = (float(loss.detach()), p.grad)
+    assert grads["sum"][0] == pytest.approx(grads["paper"][0] - 4.0, rel=1e-12)
+    torch.testing.assert_close(grads["sum"][1], grads["paper"][1])
+    torch.testing.assert_close(grads["mean"][1], 0.5 * grads["paper"][1])
+
+
 # ----------------------------------------------------------------------------- SimCLR
 def ntxent_eq1_reference(z, t):
     """Per clip-index mean loss for z (P, B, D) normalised, the paper's eq. (1): each anchor's ONE
