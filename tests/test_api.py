@@ -15,6 +15,7 @@ from PIL import Image
 
 from clipserve.api.app import create_app
 from clipserve.api.render import (
+    CLIP_COLORS,
     MARGIN_PIXELS,
     T_MAX_WINDOW,
     TIMELINE_LABEL_WIDTH_PIXELS,
@@ -276,6 +277,8 @@ def test_page_is_self_contained(client) -> None:  # noqa: ANN001
     html = response.text
     assert 'id="video-list"' in html and "/v1/videos" in html
     assert "http://" not in html and "https://" not in html and "//cdn" not in html
+    for color in CLIP_COLORS:  # the page's timeline colours its clips as the contact sheet does
+        assert "rgb({},{},{})".format(*color) in html
 
 
 def test_token_protects_every_route_but_healthz(dataset: Path, index) -> None:  # noqa: ANN001
