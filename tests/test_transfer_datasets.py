@@ -302,3 +302,18 @@ def test_layout_sample_is_written_once_and_refuses_foreign_folders(tmp_path: Pat
         build_layout_sample(foreign, spec, workers=1)
     with pytest.raises(ConfigError, match="layout"):
         make_layout_spec("kinetics", 1, 3)
+
+
+def test_kinetics_600_and_700_go_through_the_kinetics_adapter(tmp_path: Path) -> None:
+    from clipserve.sample_data import build_sample, make_sample_spec
+
+    root = tmp_path / "kinetics"
+    build_sample(root, make_sample_spec(2, 2, max_duration_seconds=1.0, frame_scale=0.25, seed=2), workers=1,
+                 progress=False)
+    indexes = {name: build_index(root, dataset=name, split="val", workers=0, progress=False)
+               for name in ("k400", "k600", "k700")}
+    paths = {name: [(r.relative_path, r.label_id) for r in index.records] for name, index in indexes.items()}
+    assert paths["k600"] == paths["k700"] == paths["k400"] and len(paths["k400"]) == 2
+    assert len({index.cache_path for index in indexes.values()}) == 3  # one cache file per dataset name
+    with pytest.raises(DatasetError, match=r"split_id \(2\) must be 1 for dataset 'k600'"):
+        build_index(root, dataset="k600", split="val", split_id=2, workers=0, progress=False)
