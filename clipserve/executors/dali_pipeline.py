@@ -11,7 +11,8 @@ told apart with per-frame arguments (``fn.per_frame``) and per-clip tensors broa
    clip's crop box, the bilinear resize to S×S (half-pixel centres, no antialiasing, source
    coordinates clamped at the frame border) and the horizontal flip, in one resampling. The flip is
    moved ahead of the colour ops and the blur: both commute with it exactly (pointwise ops; a
-   symmetric kernel with a symmetric border).
+   symmetric kernel with a symmetric border). Then the per-video colour correction (``colour``: DALI
+   decodes as BT.601, the stream may declare BT.709/BT.2020; identity for BT.601 streams).
 2. Colour jitter in each clip's own order, in float32 on 0..255: four stages; stage k applies to
    every clip the brightness, contrast, saturation and hue operations with that clip's parameter
    for the op at position k of its order and identity parameters (factor 1, shift 0) for the other
