@@ -34,8 +34,10 @@ BT.709 noise        18 / 2.5                  10 / 0.45 (BT.601 clipped out-of-g
 BT.601 / untagged   2 / 0.40                  unchanged (no correction)
 ==================  ========================  ===================
 
-The NVDEC (GPU) path gets the same correction in its graph; its own conversion was not measured here
-(no GPU in this session). ``DaliExecutor(colour_correction=False)`` gives DALI's own RGB.
+The NVDEC (GPU) path gets the same correction in its graph: DALI's CUDA conversion
+(``dali/operators/video/color_space.cu``) is also BT.601, limited range
+(``itu_r_bt_601::ycbcr_to_rgb``) or full range (``jpeg::ycbcr_to_rgb``), with bilinear chroma; it was
+not measured here (no GPU in this session). ``DaliExecutor(colour_correction=False)`` gives DALI's own RGB.
 """
 
 from __future__ import annotations
