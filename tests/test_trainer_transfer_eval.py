@@ -16,7 +16,7 @@ from clipserve.config import AugmentConfig, SamplingConfig
 from clipserve.datasets.index import build_index
 from clipserve.plan import plan
 from clipserve.sample_layouts import build_layout_sample, make_layout_spec
-from service_helpers import REPO_ROOT
+from tests.service_helpers import REPO_ROOT
 from trainer.eval_services import EvalView, eval_services
 
 TINY = ["--profile", "cpu", "--backbone", "tiny", "--progress", "false", "--mlp-hidden-dim", "32", "--output-dim",

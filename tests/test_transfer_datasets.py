@@ -19,7 +19,7 @@ from clipserve.datasets.index import build_index
 from clipserve.datasets.registry import adapter_names, list_split
 from clipserve.errors import ConfigError, DatasetError
 from clipserve.sample_layouts import build_layout_sample, make_layout_spec
-from service_helpers import REPO_ROOT, running_service
+from tests.service_helpers import REPO_ROOT, running_service
 
 LAYOUTS = ["ucf101", "hmdb51", "ssv2"]
 NUM_CLASSES, VIDEOS_PER_CLASS = 3, 4
@@ -83,7 +83,7 @@ def test_generated_videos_are_served_frame_exact(layouts: dict[str, Path], layou
     """Frame i of the executor is the i-th frame of a full sequential decode, on the XVID AVIs (with
     B-frames) and the VP9 WebMs the layouts use."""
     from clipserve.executors.pyav import decode_frames
-    from videos_pyav import sequential_reference
+    from tests.videos_pyav import sequential_reference
 
     index = build_index(layouts[layout], dataset=layout, split="train", workers=0, progress=False)
     record = index.records[0]
