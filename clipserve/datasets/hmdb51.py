@@ -2,7 +2,8 @@
 
     <root>/<class>/<video name>.avi                          (videos, one folder per class; also
                                                               <root>/hmdb51_org/<class>/ or <root>/videos/<class>/)
-    <root>/testTrainMulti_7030_splits/<class>_test_split<N>.txt   ("<video name>.avi <flag>" per line)
+    <root>/testTrainMulti_7030_splits/<class>_test_split<N>.txt   ("<video name>.avi <flag>" per line;
+                                                                    the folder may also be test_train_splits/)
 
 The flag of a line says where the video goes in split N: 1 = train, 2 = test, 0 = unused. ``split``
 is ``train`` or ``test`` (``val`` reads the test videos), ``split_id`` N in 1..3. Class names are the
@@ -21,6 +22,8 @@ from clipserve.datasets.ucf101 import CaseInsensitiveFiles, _read_lines, check_s
 from clipserve.errors import DatasetError
 
 SPLITS_FOLDER = "testTrainMulti_7030_splits"
+SPLITS_FOLDER_ALIASES = (SPLITS_FOLDER, "test_train_splits")
+"""The official name (as ``test_train_splits.rar`` unpacks), then the name some download scripts use."""
 VIDEO_FOLDERS = (".", "hmdb51_org", "videos", "hmdb51")
 """Where the class folders may be, relative to the root, tried in this order."""
 FLAGS = {"train": "1", "test": "2"}
@@ -32,7 +35,7 @@ def hmdb51_adapter(root: str | Path, split: str = "train", split_id: int = 1) ->
     root = check_root(root)
     kind = numbered_split_kind(split, "hmdb51")
     check_split_id(split_id, "hmdb51")
-    splits = root / SPLITS_FOLDER
+    splits = next((root / name for name in SPLITS_FOLDER_ALIASES if (root / name).is_dir()), root / SPLITS_FOLDER)
     if not splits.is_dir():
         raise DatasetError(f"no {SPLITS_FOLDER}/ folder under {str(root)!r}: the hmdb51 adapter needs the official "
                            f"<class>_test_split<N>.txt files there")
