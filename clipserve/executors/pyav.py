@@ -34,13 +34,15 @@ import av
 import numpy as np
 
 from clipserve.errors import DecodeError
+from clipserve.media.packet_scan import PacketScanError, scan_packets
+from clipserve.media.sequential import sequential_frames
 from clipserve.executors.yuv import Box, coded_size, frame_region_to_rgb, rotate_upright, upright_box_to_coded
 from clipserve.plan_models import AugmentParams, ClipPlan
 
 AugmentFn = Callable[[np.ndarray, AugmentParams], np.ndarray]
 FrameCallback = Callable[[int, av.VideoFrame], None]
 
-__all__ = ["DecodeStats", "StreamScan", "decode_clip_regions", "decode_frames", "execute_plan", "scan_stream"]
+__all__ = ["DecodeStats", "StreamScan", "decode_clip_regions", "decode_frames", "execute_plan"]
 
 
 @dataclass
@@ -65,7 +67,7 @@ class DecodeStats:
 
 @dataclass(frozen=True)
 class StreamScan:
-    """What a demux scan (no decoding) tells about a video stream, in stream time base units."""
+    """What the packet scan (``clipserve.media.packet_scan``) tells the executor, in stream time base units."""
 
     frame_pts: list[int]
     """Presentation timestamps sorted: ``frame_pts[i]`` is frame i's pts (empty if unusable)."""
@@ -78,46 +80,20 @@ class StreamScan:
     """Why ``exact`` is False."""
 
 
-def scan_stream(container: av.container.InputContainer, stream: av.VideoStream) -> StreamScan:
-    """Read every packet of ``stream`` (no decoding) and rewind; a few ms for a 10 s clip."""
-    pts_list: list[int] = []
-    keyframe_pts: list[int] = []
-    missing_pts = False
-    first_is_key: bool | None = None
+def _scan_stream(container: av.container.InputContainer, stream: av.VideoStream) -> StreamScan:
+    """Scan every packet of ``stream`` (no decoding; a few ms for a 10 s clip); the index's probe
+    uses the same scanner, so both agree on ``frame_access``."""
     try:
-        for packet in container.demux(stream):
-            if packet.size == 0 or packet.is_discard:
-                continue
-            if first_is_key is None:
-                first_is_key = packet.is_keyframe
-            if packet.pts is None:
-                missing_pts = True
-                pts_list.append(-1)
-                continue
-            pts_list.append(packet.pts)
-            if packet.is_keyframe:
-                keyframe_pts.append(packet.pts)
-    except av.error.FFmpegError as error:
-        raise DecodeError(f"cannot read packets: {error}") from error
-    num_packets = len(pts_list)
-    reason = ""
-    if num_packets == 0:
-        reason = "no video packets"
-    elif missing_pts:
-        reason = "packets without pts"
-    elif len(set(pts_list)) != num_packets:
-        reason = "duplicate packet pts"
-    elif not first_is_key:
-        reason = "first packet is not a keyframe"
-    elif any(b <= a for a, b in zip(keyframe_pts, keyframe_pts[1:])):
-        reason = "keyframe pts not increasing"
-    exact = reason == ""
+        scan = scan_packets(container, stream)
+    except PacketScanError as error:
+        raise DecodeError(f"cannot read packets: {error.error}") from error
+    exact = scan.frame_access == "pts"
     return StreamScan(
-        frame_pts=sorted(pts_list) if exact else [],
-        keyframe_pts=keyframe_pts if exact else [],
-        num_packets=num_packets,
+        frame_pts=scan.frame_pts().tolist() if exact else [],
+        keyframe_pts=scan.keyframe_pts().tolist() if exact else [],
+        num_packets=scan.num_frame_packets,
         exact=exact,
-        reason=reason,
+        reason=scan.access_problem,
     )
 
 
@@ -149,7 +125,7 @@ def _decode_indices(source: str | Path, indices: Sequence[int], on_frame: FrameC
     wanted = sorted(set(int(i) for i in indices))
     container, stream = _open(source)
     try:
-        scan = scan_stream(container, stream)
+        scan = _scan_stream(container, stream)
         if scan.num_packets == 0:
             raise DecodeError(f"{source} has a video stream without packets")
         if wanted and (wanted[0] < 0 or (scan.exact and wanted[-1] >= len(scan.frame_pts))):
@@ -276,9 +252,11 @@ def _seek_and_skip(
 
 
 def _packets(container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.Packet]:
+    """Non-empty packets in file order; *discard* ones included (they may be references: the
+    decoder drops their frames itself)."""
     try:
         for packet in container.demux(stream):
-            if packet.size == 0 or packet.is_discard:
+            if packet.size == 0:
                 continue
             yield packet
     except av.error.FFmpegError as error:
@@ -312,28 +290,22 @@ def _sequential_in(
     stats: DecodeStats,
     source: str | Path,
 ) -> None:
-    codec = stream.codec_context
     targets = set(wanted)
     last = wanted[-1]
     count = 0
-
-    def take(frames: list[av.VideoFrame]) -> bool:
-        nonlocal count
+    frames = sequential_frames(container, stream)
+    try:
         for frame in frames:
             stats.frames_decoded += 1
             if count in targets:
                 deliver(count, frame)
             count += 1
             if count > last:
-                return True
-        return False
-
-    for packet in _packets(container, stream):
-        stats.packets_sent += 1
-        if take(_decode(codec, packet)):
-            return
-    if take(_decode(codec, None)):
-        return
+                return
+    except av.error.FFmpegError as error:
+        raise DecodeError(f"corrupt video data after frame {count - 1} of {source}: {error}") from error
+    finally:
+        frames.close()
     raise DecodeError(f"frame index {last} is out of range [0, {count}) for {source} (a full decode gives {count} frames)")
 
 
