@@ -76,6 +76,8 @@ class PacketScan:
     """Most MPEG-4 Part 2 VOP start codes in one packet (0 for other codecs)."""
     codec_reorders: bool
     """The stream declares a reorder delay (B-frames): ``has_b_frames`` > 0."""
+    first_packet_is_keyframe: bool
+    """The first non-empty packet, discarded or not, is a keyframe (the decoder can start there)."""
     past_end: bool = False
     """A packet lies (partly) past the end of the file: the file is truncated."""
     last_incomplete: bool = False
@@ -105,7 +107,7 @@ class PacketScan:
         if self.codec_reorders and n > 2 and (np.diff(self.pts) > 0).all():
             return ("pts rise in decode order although the codec reorders frames (B-frames): "
                     "they are decode timestamps, not presentation timestamps")
-        if not self.is_keyframe[0]:
+        if not self.first_packet_is_keyframe:
             return "first packet is not a keyframe"
         if (np.diff(self.pts[self.is_keyframe]) <= 0).any():
             return "keyframe pts not increasing"
@@ -153,6 +155,7 @@ def scan_packets(
     key_list: list[bool] = []
     durations: list[int] = []
     num_packets = num_discarded = max_vops = 0
+    first_packet_is_keyframe: bool | None = None
     past_end = last_incomplete = False
     first_tick: int | None = None
     end_tick: int | None = None
@@ -161,6 +164,8 @@ def scan_packets(
             if not packet.size:
                 continue
             num_packets += 1
+            if first_packet_is_keyframe is None:
+                first_packet_is_keyframe = bool(packet.is_keyframe)
             if size_bytes is not None and packet.pos is not None and packet.pos >= 0:
                 if packet.pos + packet.size > size_bytes:
                     past_end = True
@@ -195,6 +200,7 @@ def scan_packets(
         num_discarded=num_discarded,
         max_vops_per_packet=max_vops,
         codec_reorders=int(stream.codec_context.has_b_frames or 0) > 0,
+        first_packet_is_keyframe=bool(first_packet_is_keyframe),
         past_end=past_end,
         last_incomplete=last_incomplete,
         first_tick=first_tick,
