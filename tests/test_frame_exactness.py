@@ -1,0 +1,131 @@
+"""Frame exactness on the real-world file classes of issue 12 (``tests/videos_classes.py``): the index's
+frame count equals what a full sequential decode outputs, and the PyAV executor's frames at random
+indices are pixel-identical to the full decode's frames at those indices. Files whose packet
+timestamps cannot identify frames are detected by the shared packet scanner and recorded with
+``frame_access='sequential'``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from clipserve.datasets.index import build_index
+from clipserve.datasets.probe import probe_video
+from clipserve.datasets.probe_format import decode_int64_deltas, timestamps_seconds
+from clipserve.executors.pyav import DecodeStats, decode_frames
+from clipserve.media.packet_scan import scan_packets
+from tests.videos_classes import CLASSES, NUM_FRAMES, make_class
+from tests.videos_index import decode_all
+from tests.videos_pyav import sequential_reference
+
+SEQUENTIAL = {  # class -> the start of the reason the scanner gives
+    "h264_bframes.avi": "pts rise in decode order although the codec reorders frames",
+    "h264_pts_equal_dts.mp4": "pts rise in decode order although the codec reorders frames",
+    "mpeg4_packed.avi": "packed bitstream",
+}
+
+
+@pytest.fixture(scope="module")
+def classes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, np.ndarray]]:
+    """Every class, encoded once, with its full sequential decode (upright RGB)."""
+    folder = tmp_path_factory.mktemp("classes")
+    out = {}
+    for name in CLASSES:
+        path = make_class(folder, name)
+        out[name] = (path, sequential_reference(path))
+    return out
+
+
+def _scan(path: Path):
+    with av.open(str(path)) as container:
+        return scan_packets(container, container.streams.video[0])
+
+
+@pytest.mark.parametrize("name", list(CLASSES))
+def test_index_frame_count_equals_full_decode(classes: dict, name: str) -> None:
+    path, reference = classes[name]
+    result = probe_video(path)
+    assert result.status == "ok", result.broken_reason
+    assert result.num_frames == len(reference)
+    decoded_times, decoded_keys, _ = decode_all(path)
+    assert decode_int64_deltas(result.keyframe_deltas_blob).tolist() == decoded_keys
+    times = timestamps_seconds(result.pts_deltas_blob, result.time_base_num, result.time_base_den)
+    if name in SEQUENTIAL:
+        # the decoder's own frame pts are the packets' (decode-order) pts reordered: meaningless here;
+        # the index gives the packets' time slots in order instead (AVI: one slot of 1/30 s per frame)
+        assert len(times) == len(reference) and (np.diff(times) > 0).all()
+        if name.endswith(".avi"):
+            assert times == pytest.approx([i / 30 for i in range(len(reference))], abs=1e-9)
+        assert result.frame_access == "sequential" and result.num_frames_source == "decode"
+        assert result.frame_access_reason.startswith(SEQUENTIAL[name])
+    else:
+        assert times == decoded_times
+        assert result.frame_access == "pts" and result.num_frames_source == "packet_scan"
+        assert result.frame_access_reason == ""
+
+
+@pytest.mark.parametrize("name", list(CLASSES))
+def test_executor_frames_equal_full_decode_at_random_indices(classes: dict, name: str) -> None:
+    path, reference = classes[name]
+    rng = np.random.default_rng(len(name))
+    for _ in range(3):
+        indices = [int(i) for i in rng.integers(0, len(reference), size=12)] + [len(reference) - 1]
+        stats = DecodeStats()
+        frames = decode_frames(path, indices, stats=stats)
+        differing = [i for n, i in enumerate(indices) if not np.array_equal(frames[n], reference[i])]
+        assert differing == [], f"{name}: frames {differing} differ from the full decode"
+        if name in SEQUENTIAL:  # decoded once, from the start, for the reason the index records
+            assert stats.sequential_fallbacks == 1 and stats.fallback_reasons[0].startswith(SEQUENTIAL[name])
+
+
+def test_the_classes_are_what_they_claim(classes: dict) -> None:
+    """The generated files really have the properties the classes are about."""
+    avi = _scan(classes["h264_bframes.avi"][0])
+    assert avi.codec_reorders and (np.diff(avi.pts) > 0).all()  # B-frames, yet pts in decode order
+    mp4 = _scan(classes["h264_pts_equal_dts.mp4"][0])
+    assert mp4.codec_reorders and (mp4.pts == mp4.dts).all()
+    packed = _scan(classes["mpeg4_packed.avi"][0])
+    assert packed.max_vops_per_packet == 2
+    unpacked = _scan(classes["mpeg4_unpacked.avi"][0])
+    assert unpacked.max_vops_per_packet == 1 and unpacked.codec_reorders and not (np.diff(unpacked.pts) > 0).all()
+    # FFmpeg reads the packed stream as packed: it decodes to exactly the frames of its unpacked source
+    packed_path = classes["mpeg4_packed.avi"][0]
+    source = sequential_reference(packed_path.with_name("mpeg4_packed_source_unpacked.avi"))
+    assert np.array_equal(classes["mpeg4_packed.avi"][1], source)
+    with av.open(str(classes["divx3.avi"][0])) as container:
+        assert container.streams.video[0].codec_context.codec.canonical_name == "msmpeg4v3"
+    for name in ("h264_bframes.ts", "h264_bframes.mkv", "h264_bframes.mov"):
+        assert _scan(classes[name][0]).codec_reorders
+    assert all(len(reference) in (NUM_FRAMES, NUM_FRAMES - 2) for _, reference in classes.values())
+
+
+def test_vfr_timestamps_equal_the_decoders(classes: dict) -> None:
+    path, _ = classes["h264_vfr.mp4"]
+    result = probe_video(path)
+    decoded_times, _, _ = decode_all(path)
+    assert result.is_variable_frame_rate
+    assert timestamps_seconds(result.pts_deltas_blob, result.time_base_num, result.time_base_den) == decoded_times
+
+
+def test_index_records_the_strategy_and_caches_it(classes: dict, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    for name in CLASSES:
+        target = root / "class a" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(classes[name][0].read_bytes())
+    for run in range(2):  # the second run reads everything back from the cache
+        index = build_index(root, dataset="folder", workers=0, progress=False)
+        assert index.stats.num_probed == (len(CLASSES) if run == 0 else 0)
+        records = {Path(r.relative_path).name: r for r in index.records}
+        assert set(records) == set(CLASSES)
+        for name, record in records.items():
+            assert record.num_frames == len(classes[name][1])
+            assert record.frame_access == ("sequential" if name in SEQUENTIAL else "pts")
+            assert len(record.frame_timestamps_seconds) == record.num_frames
+            assert (np.diff(record.frame_timestamps_seconds) > 0).all()
+            assert record.keyframe_indices == sorted(set(record.keyframe_indices))
+            assert 0 <= record.keyframe_indices[0] and record.keyframe_indices[-1] < record.num_frames
+        assert index.summary().num_frame_access_sequential == len(SEQUENTIAL)
