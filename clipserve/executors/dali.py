@@ -28,7 +28,7 @@ import av
 import numpy as np
 
 from clipserve.errors import DecodeError, UnsupportedCodecError
-from clipserve.executors.backend import DALI_CPU_CODECS, DALI_GPU_CODECS, unsupported_codec_message
+from clipserve.executors.backend import dali_accepts, unsupported_codec_message
 from clipserve.executors.dali_pipeline import INPUT_NAMES, clip_pipeline, decode_pipeline, plan_shape, sample_inputs, sorted_frames
 from clipserve.plan_models import ClipPlan
 
@@ -41,7 +41,7 @@ def probe_video(data: bytes | np.ndarray, device: Device) -> str:
     """Check, cheaply with PyAV, that DALI can be given these bytes; return the codec name.
 
     Opens the container from memory, requires a video stream whose codec this DALI backend decodes
-    (``DALI_CPU_CODECS`` / ``DALI_GPU_CODECS``) and decodes its first frame.
+    (``dali_accepts``: DALI itself decides, on a tiny sample of the codec) and decodes its first frame.
 
     Raises:
         UnsupportedCodecError: the codec is not decodable by this backend.
@@ -58,8 +58,7 @@ def probe_video(data: bytes | np.ndarray, device: Device) -> str:
                 raise DecodeError("no video stream")
             stream = container.streams.video[0]
             codec = stream.codec_context.name
-            supported = DALI_GPU_CODECS if device == "gpu" else DALI_CPU_CODECS
-            if codec not in supported:
+            if not dali_accepts(codec, device):
                 raise UnsupportedCodecError(unsupported_codec_message(codec, "dali-gpu" if device == "gpu" else "dali-cpu"))
             for _ in container.decode(stream):
                 return codec
