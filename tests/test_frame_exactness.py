@@ -15,6 +15,7 @@ import pytest
 from clipserve.datasets.index import build_index
 from clipserve.datasets.probe import probe_video
 from clipserve.datasets.probe_format import decode_int64_deltas, timestamps_seconds
+from clipserve.executors.backend import dali_importable
 from clipserve.executors.pyav import DecodeStats, decode_frames
 from clipserve.media.packet_scan import scan_packets
 from tests.videos_classes import CLASSES, NUM_FRAMES, make_class
@@ -25,6 +26,7 @@ SEQUENTIAL = {  # class -> the start of the reason the scanner gives
     "h264_bframes.avi": "pts rise in decode order although the codec reorders frames",
     "h264_pts_equal_dts.mp4": "pts rise in decode order although the codec reorders frames",
     "mpeg4_packed.avi": "packed bitstream",
+    "vp9_duplicate_pts.webm": "duplicate packet pts",
 }
 
 
@@ -129,3 +131,15 @@ def test_index_records_the_strategy_and_caches_it(classes: dict, tmp_path: Path)
             assert record.keyframe_indices == sorted(set(record.keyframe_indices))
             assert 0 <= record.keyframe_indices[0] and record.keyframe_indices[-1] < record.num_frames
         assert index.summary().num_frame_access_sequential == len(SEQUENTIAL)
+
+
+@pytest.mark.skipif(not dali_importable(), reason="needs nvidia-dali")
+def test_dali_refuses_files_whose_packets_cannot_identify_frames(classes: dict) -> None:
+    """DALI numbers frames by packet pts: a file the scanner marks 'sequential' is refused with the
+    reason (the service then substitutes it and counts it), never served with wrong frames."""
+    from clipserve.errors import DecodeError
+    from clipserve.executors.dali import probe_video as dali_probe
+
+    assert dali_probe(classes["vp9_altref.webm"][0].read_bytes(), "cpu") == "vp9"
+    with pytest.raises(DecodeError, match=r"packet timestamps do not identify frames \(duplicate packet pts\).*--backend pyav"):
+        dali_probe(classes["vp9_duplicate_pts.webm"][0].read_bytes(), "cpu")

@@ -15,6 +15,7 @@ path. The classes reproduce what real files in the wild look like:
 * ``h264_bframes.ts``, ``h264_bframes.mkv``, ``h264_bframes.mov``: H.264 with B-frames in MPEG-TS,
   Matroska and QuickTime;
 * ``vp8.webm``, ``vp9_altref.webm``: VP8 and VP9 (hidden alt-ref frames) in WebM;
+* ``vp9_duplicate_pts.webm``: VP9 in WebM where two packets carry the same timestamp;
 * ``h264_vfr.mp4``: variable frame rate H.264 in MP4.
 """
 
@@ -147,6 +148,12 @@ def _mpeg4_packed(path: Path) -> Path:
     return _remux(unpacked, path, rewrite=lambda packets: pack_b_frames(packets, bits))
 
 
+def _duplicate_pts(packets: list[av.Packet]) -> list[av.Packet]:
+    """Packet 10 gets the timestamps of packet 9 (a muxer that wrote one timestamp twice)."""
+    packets[10].pts, packets[10].dts = packets[9].pts, packets[9].dts
+    return packets
+
+
 def _vfr_times() -> list[float]:
     rng = np.random.default_rng(11)
     steps = rng.choice([1 / 60, 1 / 30, 1 / 15, 1 / 24], size=NUM_FRAMES)
@@ -166,6 +173,8 @@ CLASSES: dict[str, Callable[[Path], Path]] = {
                                                 "lag-in-frames": "16", "crf": "20", "b": "1M"}, seed=8),
     "vp9_altref.webm": lambda p: _encode(p, "libvpx-vp9", {"deadline": "good", "cpu-used": "5", "auto-alt-ref": "1",
                                                           "lag-in-frames": "16", "crf": "32", "b": "0"}, seed=9),
+    "vp9_duplicate_pts.webm": lambda p: _remux(CLASSES["vp9_altref.webm"](p.with_name("vp9_source.webm")), p,
+                                               rewrite=_duplicate_pts),
     "h264_vfr.mp4": lambda p: _encode(p, "libx264", _X264, frame_times_seconds=_vfr_times(), seed=12),
 }
 
