@@ -1,12 +1,14 @@
 """PyAV executor: decode each video once for all ρ clips of its plan, frame-accurately, on one CPU thread.
 
 Frame numbering: frame index i is the i-th frame a full sequential decode outputs (presentation
-order). A quick demux scan (packets only, no decoding) lists every packet's pts; sorted, they give
-frame i's pts, and the keyframe packets give the seek points.
+order). A quick demux scan (packets only, no decoding; ``clipserve.media.packet_scan``, the scanner
+the index uses) lists every packet's pts; sorted, they give frame i's pts, and the keyframe packets
+give the seek points.
 
 Decode strategy (``_decode_indices``):
 
-1. Sort the unique needed indices; seek to the keyframe at or before the first one.
+1. Sort the unique needed indices; seek to the keyframe at or before the first one (a demuxer that
+   lands past it, such as MPEG-TS, is asked again for an earlier point).
 2. Decode forward. Before each packet is sent, ``codec_context.skip_frame`` is set to ``"NONREF"``
    when the packet's frame is not needed and to ``"DEFAULT"`` when it is: the decoder then drops
    only non-reference frames that no clip needs, so every frame it returns is exact (skipping
@@ -16,11 +18,14 @@ Decode strategy (``_decode_indices``):
 4. Each needed frame is handed to a callback as soon as it comes out, identified by its pts; the
    callback converts only what it needs (a crop, before RGB conversion; ``clipserve.executors.yuv``).
 
-If anything about the file breaks these assumptions (packets without pts, duplicate pts, a first
-packet that is not a keyframe, a seek that lands past its target, a needed frame that never came
-out), the executor falls back to a plain sequential decode that counts output frames, which is
-exact by definition. Decoding uses one thread per process: a pool of processes fills the cores
-(frame threading adds output delay and was measured slower for this workload in issue 3).
+Files whose packet timestamps cannot identify frames (the scanner's ``frame_access == 'sequential'``:
+packets without pts, duplicate pts, decode-order pts with B-frames as in H.264 AVIs, DivX/XviD packed
+bitstreams, a first packet that is not a keyframe; the index records the same verdict) and files
+that break the seek path at run time (a seek that lands past its target and cannot be retried, a
+needed frame that never came out) are decoded by a plain sequential decode
+(``clipserve.media.sequential``) that counts output frames, which is exact by definition.
+Decoding uses one thread per process: a pool of processes fills the cores (frame threading adds
+output delay and was measured slower for this workload in issue 3).
 """
 
 from __future__ import annotations
@@ -113,6 +118,10 @@ def _open(source: str | Path) -> tuple[av.container.InputContainer, av.VideoStre
     return container, stream
 
 
+SEEK_ATTEMPTS = 3
+"""Keyframe pts tried (the wanted keyframe's, then earlier ones) before seeking to the file's start."""
+
+
 class _Done(Exception):
     """Raised inside the decode loop once every needed frame has been handed on."""
 
@@ -194,25 +203,38 @@ def _seek_and_skip(
     last_seek = [-1]
 
     def seek_to(position: int) -> Iterator[av.Packet]:
-        # Seeking on the keyframe's pts lands on it (MP4, Matroska); a demuxer that lands earlier is
-        # harmless (we decode forward, and never seek to the same keyframe twice in a row).
+        """Packets from the keyframe at ``position`` (or an earlier one) on. Seeking on a keyframe's
+        pts lands on it in MP4 and Matroska; MPEG-TS lands a little past it (it seeks by decode
+        time), so earlier keyframes' pts and then the stream start are tried, and the packets before
+        the first keyframe reached are dropped (not decoded). Starting at an earlier keyframe is
+        harmless: we decode forward, and never seek to the same keyframe twice in a row."""
         last_seek[0] = position
-        try:
-            container.seek(keyframe_pts[position], stream=stream, backward=True, any_frame=False)
-        except av.error.FFmpegError as error:
-            raise _FallBack(f"seek to keyframe pts {keyframe_pts[position]} failed: {error}") from error
-        codec.flush_buffers()
-        stats.seeks += 1
-        packets = _packets(container, stream)
-        first = next(packets, None)
-        if first is None or not first.is_keyframe or first.pts is None or first.pts > keyframe_pts[position]:
-            raise _FallBack(f"seek to keyframe pts {keyframe_pts[position]} landed on pts {getattr(first, 'pts', None)}")
+        attempts: list[int | None] = [keyframe_pts[k] for k in range(position, max(-1, position - SEEK_ATTEMPTS), -1)]
+        for offset in [*attempts, None]:
+            try:
+                if offset is None:
+                    container.seek(0)  # the start of the file
+                else:
+                    container.seek(offset, stream=stream, backward=True, any_frame=False)
+            except av.error.FFmpegError as error:
+                raise _FallBack(f"seek to keyframe pts {keyframe_pts[position]} failed: {error}") from error
+            codec.flush_buffers()
+            stats.seeks += 1
+            packets = _packets(container, stream)
+            for first in packets:
+                if first.is_keyframe and first.pts in keyframe_position:
+                    break
+            else:
+                continue
+            if keyframe_position[first.pts] > position:
+                continue  # landed past the keyframe: try an earlier point
 
-        def chain() -> Iterator[av.Packet]:
-            yield first
-            yield from packets
+            def chain(first: av.Packet = first, packets: Iterator[av.Packet] = packets) -> Iterator[av.Packet]:
+                yield first
+                yield from packets
 
-        return chain()
+            return chain()
+        raise _FallBack(f"no seek reached the keyframe at pts {keyframe_pts[position]}")
 
     packets = seek_to(keyframe_for(pending[0]))
     skip_mode = "DEFAULT"
