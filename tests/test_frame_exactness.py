@@ -143,5 +143,6 @@ def test_dali_refuses_files_whose_packets_cannot_identify_frames(classes: dict) 
     from clipserve.executors.dali import probe_video as dali_probe
 
     assert dali_probe(classes["vp9_altref.webm"][0].read_bytes(), "cpu") == "vp9"
-    with pytest.raises(DecodeError, match=r"packet timestamps do not identify frames \(duplicate packet pts\).*--backend pyav"):
+    refused = r"packet timestamps do not identify frames \(duplicate packet pts\).*--backend pyav"
+    with pytest.raises(DecodeError, match=refused):
         dali_probe(classes["vp9_duplicate_pts.webm"][0].read_bytes(), "cpu")

@@ -297,6 +297,8 @@ def _decode_all(path: Path, stream_index: int) -> _Decoded | str:
         with av.open(str(path), metadata_errors="replace") as container:
             stream = container.streams[stream_index]
             stream.codec_context.thread_count = 1
+            # only the count, keyframe flags and sizes are read: the pixels need no IDCT or loop filter
+            stream.codec_context.options = {"skip_loop_filter": "all", "skip_idct": "all"}
             for frame in sequential_frames(container, stream):
                 size = (int(frame.width), int(frame.height))
                 if decoded.first_size is None:
@@ -364,7 +366,9 @@ def _tagged_duration_seconds(tag: str | None) -> float | None:
 
 
 
-def _frame_ticks(scan: PacketScan, decoded: _Decoded | None, stream: av.video.stream.VideoStream) -> tuple[np.ndarray, np.ndarray, str]:
+def _frame_ticks(
+    scan: PacketScan, decoded: _Decoded | None, stream: av.video.stream.VideoStream
+) -> tuple[np.ndarray, np.ndarray, str]:
     """(per-frame ticks in presentation order, keyframe frame indices, num_frames_source)."""
     if decoded is None:
         order = np.argsort(scan.pts, kind="stable")

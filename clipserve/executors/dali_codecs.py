@@ -26,6 +26,7 @@ DALI_DOCUMENTED_CODECS: dict[str, frozenset[str]] = {"cpu": DALI_CPU_CODECS, "gp
 sample of a codec can be encoded here."""
 
 SAMPLE_WIDTH_PIXELS, SAMPLE_HEIGHT_PIXELS, SAMPLE_NUM_FRAMES = 64, 64, 2
+_QUIET_ENCODER_OPTIONS = {"libx265": {"x265-params": "log-level=none"}, "libx264": {"x264-params": "log=-1"}}
 _AVI_CODECS = frozenset({"mpeg4", "msmpeg4v2", "msmpeg4v3", "msmpeg4v1", "h263", "wmv1", "wmv2"})
 
 
@@ -62,6 +63,7 @@ def _encode_sample(encoder: av.codec.Codec, codec: str, pixel_format: str) -> by
         with av.open(buffer, mode="w", format="avi" if codec in _AVI_CODECS else "matroska") as container:
             stream = container.add_stream(encoder.name, rate=25)
             stream.width, stream.height, stream.pix_fmt = SAMPLE_WIDTH_PIXELS, SAMPLE_HEIGHT_PIXELS, pixel_format
+            stream.options = _QUIET_ENCODER_OPTIONS.get(encoder.name, {})
             ramp = np.linspace(0, 255, SAMPLE_WIDTH_PIXELS, dtype=np.uint8)
             for i in range(SAMPLE_NUM_FRAMES):
                 image = np.stack([np.tile(ramp, (SAMPLE_HEIGHT_PIXELS, 1))] * 3, axis=-1)
