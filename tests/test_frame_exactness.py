@@ -146,3 +146,33 @@ def test_dali_refuses_files_whose_packets_cannot_identify_frames(classes: dict) 
     refused = r"packet timestamps do not identify frames \(duplicate packet pts\).*--backend pyav"
     with pytest.raises(DecodeError, match=refused):
         dali_probe(classes["vp9_duplicate_pts.webm"][0].read_bytes(), "cpu")
+
+
+def test_a_cache_of_the_previous_format_is_rebuilt(
+    classes: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache written before ``frame_access`` existed (schema 1, probe version 2) would serve the
+    old, wrong frame counts of these files: it is dropped and every file probed again."""
+    import sqlite3
+
+    root = tmp_path / "root"
+    target = root / "class a" / "h264_bframes.avi"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(classes["h264_bframes.avi"][0].read_bytes())
+    cache = tmp_path / "cache.sqlite"
+    with sqlite3.connect(cache) as connection:
+        connection.executescript(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "INSERT INTO meta VALUES ('schema_version', '1');"
+            "CREATE TABLE videos (relative_path TEXT PRIMARY KEY, size_bytes INTEGER, mtime_ns INTEGER,"
+            " probe_version INTEGER, status TEXT);"
+        )
+        info = target.stat()
+        connection.execute("INSERT INTO videos VALUES (?, ?, ?, 2, 'ok')",
+                           ("class a/h264_bframes.avi", info.st_size, info.st_mtime_ns))
+    with caplog.at_level("WARNING", logger="clipserve.index"):
+        index = build_index(root, dataset="folder", workers=0, progress=False, cache_path=cache)
+    assert "starting afresh" in caplog.text
+    assert index.stats.num_probed == 1
+    (record,) = index.records
+    assert record.frame_access == "sequential" and record.num_frames == len(classes["h264_bframes.avi"][1])
