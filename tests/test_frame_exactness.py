@@ -59,6 +59,7 @@ def test_index_frame_count_equals_full_decode(classes: dict, name: str) -> None:
         # the decoder's own frame pts are the packets' (decode-order) pts reordered: meaningless here;
         # the index gives the packets' time slots in order instead (AVI: one slot of 1/30 s per frame)
         assert len(times) == len(reference) and (np.diff(times) > 0).all()
+        assert result.average_fps == pytest.approx(30, rel=0.005) and not result.is_variable_frame_rate
         if name.endswith(".avi"):
             assert times == pytest.approx([i / 30 for i in range(len(reference))], abs=1e-9)
         assert result.frame_access == "sequential" and result.num_frames_source == "decode"

@@ -384,9 +384,11 @@ def _frame_ticks(
         ticks = np.asarray(frame_pts, dtype=np.int64)
         if n < 2 or (np.diff(ticks) > 0).all():
             return ticks, keyframes, "decode"
+    # neither pairs up: evenly spaced at the stream's rate, rounded per frame (not per step, which
+    # would turn 30 fps in a 1/1000 time base into 33 ms steps, 30.3 fps)
     rate = stream.average_rate or stream.guessed_rate or Fraction(30)
-    ticks_per_frame = max(1, round(1 / (float(rate) * float(scan.time_base))))
-    return np.arange(n, dtype=np.int64) * ticks_per_frame, keyframes, "decode"
+    ticks_per_frame = max(1.0, 1 / (float(rate) * float(scan.time_base)))
+    return np.round(np.arange(n) * ticks_per_frame).astype(np.int64), keyframes, "decode"
 
 
 def _timing(
