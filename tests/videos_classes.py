@@ -12,6 +12,7 @@ path. The classes reproduce what real files in the wild look like:
   reference VOP and the B-VOP after it in one packet, then a not-coded N-VOP packet holding the
   B-frame's time slot, and the DivX user data ending in 'p' that tells decoders so;
 * ``mpeg4_unpacked.avi``: the same MPEG-4 stream unpacked (one VOP per packet, B-frames on);
+* ``h264_elementary.h264``: a raw H.264 elementary stream (no container: no packet timestamps);
 * ``h264_bframes.ts``, ``h264_bframes.mkv``, ``h264_bframes.mov``: H.264 with B-frames in MPEG-TS,
   Matroska and QuickTime;
 * ``vp8.webm``, ``vp9_altref.webm``: VP8 and VP9 (hidden alt-ref frames) in WebM;
@@ -167,6 +168,7 @@ CLASSES: dict[str, Callable[[Path], Path]] = {
     "mpeg4_packed.avi": _mpeg4_packed,
     "mpeg4_unpacked.avi": _mpeg4_unpacked,
     "h264_bframes.ts": _h264,
+    "h264_elementary.h264": _h264,
     "h264_bframes.mkv": _h264,
     "h264_bframes.mov": _h264,
     "vp8.webm": lambda p: _encode(p, "libvpx", {"deadline": "good", "cpu-used": "5", "auto-alt-ref": "1",
