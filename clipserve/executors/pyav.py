@@ -39,9 +39,9 @@ import av
 import numpy as np
 
 from clipserve.errors import DecodeError
+from clipserve.executors.yuv import Box, coded_size, frame_region_to_rgb, rotate_upright, upright_box_to_coded
 from clipserve.media.packet_scan import PacketScanError, scan_packets
 from clipserve.media.sequential import sequential_frames
-from clipserve.executors.yuv import Box, coded_size, frame_region_to_rgb, rotate_upright, upright_box_to_coded
 from clipserve.plan_models import AugmentParams, ClipPlan
 
 AugmentFn = Callable[[np.ndarray, AugmentParams], np.ndarray]
