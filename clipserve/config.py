@@ -12,7 +12,7 @@ field, echoes the value and states the valid range, e.g.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
@@ -54,6 +54,10 @@ class SamplingConfig(_Frozen):
     """t_max: largest allowed distance between any two clip starts, in seconds; None = global."""
     min_span_seconds: float = 0.0
     """Smallest required distance between the earliest and latest clip start, in seconds."""
+    temporal_sampling: Literal["random", "centre"] = "random"
+    """'random': clip starts drawn as above (training); 'centre': no draw, clip c starts at
+    ``(c + 1/2)/ρ`` of the start range, so ρ=1 is the centre clip of the video (frozen-feature
+    evaluation, paper-spec §5); the span settings do not apply."""
 
     @field_validator("num_clips")
     @classmethod

@@ -39,9 +39,14 @@ class ServiceConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
     # dataset
-    dataset: str = Field("k400", description="dataset adapter name ('k400' or 'folder')")
+    dataset: str = Field(
+        "k400", description="dataset adapter name: k400, k600, k700, folder, ucf101, hmdb51 or ssv2"
+    )
     root: Path = Field(..., description="dataset root directory")
     split: str = Field("train", description="dataset split to serve, e.g. 'train' or 'val'")
+    split_id: int = Field(
+        1, description="official train/test split of ucf101 and hmdb51, 1..3 (must be 1 for the others)"
+    )
     index_cache_path: Path | None = Field(
         None, description="index cache file; None = the index's default location (reused across starts)"
     )
@@ -65,6 +70,9 @@ class ServiceConfig(BaseSettings):
     target_fps: float = Field(30.0, description="frames per second of the timeline the stride counts in")
     max_span_seconds: float | None = Field(None, description="t_max, largest distance between clip starts, seconds")
     min_span_seconds: float = Field(0.0, description="smallest distance between earliest and latest clip start, seconds")
+    temporal_sampling: Literal["random", "centre"] = Field(
+        "random", description="clip starts: 'random' (training) or 'centre' (evenly placed; ρ=1: the centre clip)"
+    )
     # augmentation (AugmentConfig)
     crop_size_pixels: int = Field(224, description="output height and width of every clip frame, pixels")
     eval_mode: bool = Field(False, description="evaluation view: centre crop, no random augmentation")
@@ -77,6 +85,13 @@ class ServiceConfig(BaseSettings):
     host: str = Field("127.0.0.1", description="address the control plane listens on")
     port: int = Field(8000, ge=0, le=65535, description="TCP port of the control plane (0 = any free port)")
     token: str | None = Field(None, description="bearer token required on every route but /healthz")
+
+    @field_validator("split_id")
+    @classmethod
+    def _split_id(cls, v: int) -> int:
+        if not 1 <= v <= 3:
+            raise ValueError(f"split_id ({v}) must be in [1, 3]")
+        return v
 
     @field_validator("token")
     @classmethod
@@ -107,6 +122,7 @@ class ServiceConfig(BaseSettings):
             target_fps=self.target_fps,
             max_span_seconds=self.max_span_seconds,
             min_span_seconds=self.min_span_seconds,
+            temporal_sampling=self.temporal_sampling,
         )
 
     def augment(self) -> AugmentConfig:

@@ -58,6 +58,7 @@ class TrainConfig:
     moco_positives: str = "eq1"  # eq1 (paper: all positives in one numerator) | per_positive (PySlowFast)
     moco_shuffle_bn: bool = True  # shuffle keys across ranks for the momentum encoder's BN
     simclr_pairs: str = "all"  # all ρ(ρ−1) ordered pairs (paper) | consecutive (PySlowFast SEQUENTIAL)
+    simclr_positives: str = "eq1"  # eq1 (paper: all positives in one numerator) | supcon (each positive's log-prob averaged)
     swav_num_prototypes: int = 1000
     swav_epsilon: float = 0.05  # Sinkhorn regularisation
     swav_sinkhorn_iterations: int = 3
@@ -89,6 +90,7 @@ class TrainConfig:
             "loss_reduction": ("mean", "sum"),
             "moco_positives": ("eq1", "per_positive"),
             "simclr_pairs": ("all", "consecutive"),
+            "simclr_positives": ("eq1", "supcon"),
             "device": ("auto", "cpu", "cuda"),
             "mixed_precision": ("none", "bf16", "fp16"),
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from clipserve.sample import CLASS_NAMES, build_sample, default_workers, make_sample_spec
 from clipserve.sample.spec import LEARNABLE_CLASS_NAMES, make_learnable_spec
@@ -28,9 +29,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="replace a sample dataset made with other settings (deletes only its files)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument("--layout", choices=["k400", "ucf101", "hmdb51", "ssv2"], default="k400",
+                        help="k400: Kinetics CSVs and --codec; ucf101/hmdb51: official lists, XVID AVI; "
+                             "ssv2: labels JSON, id-named VP9 WebM (see docs/usage.md)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.layout != "k400":
+        if args.preset != "motion":
+            print(f"make-sample: --preset {args.preset} writes the k400 layout only; drop --layout {args.layout}",
+                  file=sys.stderr)
+            return 2
+        from clipserve.sample_layouts import build_layout_sample, make_layout_spec
+
+        layout_spec = make_layout_spec(args.layout, args.classes or 8, args.videos_per_class or 12, args.seed)
+        print(build_layout_sample(args.out, layout_spec, workers=args.workers, force=args.force).summary())
+        return 0
     if args.preset == "learnable":
         spec = make_learnable_spec(args.classes or 10, args.videos_per_class or 60, args.codec, args.seed)
     else:

@@ -20,9 +20,11 @@ HELP = "print the clip plan (JSON) of one video; optionally write its decoded an
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="k400", help="dataset adapter: k400 or folder")
+    parser.add_argument("--dataset", default="k400", help="dataset adapter: k400, k600, k700, folder, ucf101, hmdb51, ssv2")
     parser.add_argument("--root", type=Path, required=True, help="dataset root directory")
     parser.add_argument("--split", default="train", help="dataset split")
+    parser.add_argument("--split-id", type=int, default=1,
+                        help="official train/test split of ucf101/hmdb51, 1..3 (default 1)")
     parser.add_argument("--video", type=int, required=True, help="video index (order of `clipserve index`)")
     parser.add_argument("--epoch", type=int, default=0, help="epoch the plan is drawn for")
     parser.add_argument("--seed", type=int, default=0, help="seed of plans and epoch order")
@@ -51,6 +53,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                         help="smallest distance between the earliest and latest clip start, seconds")
     parser.add_argument("--crop-size", type=int, default=a.crop_size_pixels, help="output height/width, pixels")
     parser.add_argument("--eval-mode", action="store_true", help="centre crop, no random augmentation")
+    parser.add_argument("--temporal-sampling", choices=["random", "centre"], default=s.temporal_sampling,
+                        help="clip starts: random (training) or centre (evenly placed; --num-clips 1: the centre clip)")
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[SamplingConfig, AugmentConfig]:
@@ -59,7 +63,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[SamplingConfig, Augment
         sampling = SamplingConfig(
             num_clips=args.num_clips, frames_per_clip=args.frames_per_clip, frame_stride=args.frame_stride,
             target_fps=args.target_fps, max_span_seconds=args.max_span_seconds,
-            min_span_seconds=args.min_span_seconds,
+            min_span_seconds=args.min_span_seconds, temporal_sampling=args.temporal_sampling,
         )
         augment = AugmentConfig.evaluation(args.crop_size) if args.eval_mode else AugmentConfig(crop_size_pixels=args.crop_size)
     except ValueError as exc:
@@ -72,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from clipserve.plan import plan
 
     sampling, augment = configs_from_args(args)
-    index = build_index(args.root, dataset=args.dataset, split=args.split, workers=args.workers, progress=True)
+    index = build_index(args.root, dataset=args.dataset, split=args.split, split_id=args.split_id, workers=args.workers, progress=True)
     if not 0 <= args.video < len(index.records):
         raise ConfigError(f"--video ({args.video}) must be in [0, {len(index.records)}): the index has "
                           f"{len(index.records)} usable videos")

@@ -30,9 +30,10 @@ HELP = "serve clip batches to trainers (shared memory / HTTP) and the REST contr
 
 # (flag, ServiceConfig field, type, help with unit). The default shown comes from ServiceConfig.
 _FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--dataset", "dataset", str, "dataset adapter: k400 or folder"),
+    ("--dataset", "dataset", str, "dataset adapter: k400, k600, k700, folder, ucf101, hmdb51, ssv2"),
     ("--root", "root", Path, "dataset root directory"),
     ("--split", "split", str, "dataset split to serve, e.g. train or val"),
+    ("--split-id", "split_id", int, "official train/test split of ucf101/hmdb51, 1..3"),
     ("--index-cache", "index_cache_path", Path,
      "index cache file (SQLite); unset: <root>/.clipserve/ or ~/.cache/clipserve/"),
     ("--backend", "backend", str, "executor: pyav (CPU), dali (NVDEC on a GPU; CPU only for VP9), auto"),
@@ -43,6 +44,8 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--max-span-seconds", "max_span_seconds", float,
      "t_max, largest distance between clip starts (seconds); unset: global sampling"),
     ("--min-span-seconds", "min_span_seconds", float, "smallest distance between first and last clip start (seconds)"),
+    ("--temporal-sampling", "temporal_sampling", str,
+     "clip starts: random (training) or centre (evenly placed, no draw; with --num-clips 1 the centre clip)"),
     ("--crop-size", "crop_size_pixels", int, "height and width of every output frame (pixels)"),
     ("--batch-size", "batch_size", int, "B, videos per batch (videos)"),
     ("--workers", "workers", int,

@@ -32,21 +32,17 @@ from typing import overload
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from clipserve.datasets.probe import (
-    PROBE_VERSION,
-    ProbePool,
-    ProbeResult,
-    decode_int64_deltas,
-    probe_video,
-    timestamps_seconds,
-)
+from clipserve.datasets.probe import probe_video
+from clipserve.datasets.probe_format import PROBE_VERSION, ProbeResult, decode_int64_deltas, timestamps_seconds
+from clipserve.datasets.probe_pool import ProbePool
 from clipserve.datasets.record import DatasetEntry, DatasetListing, VideoRecord
-from clipserve.datasets.registry import get_adapter
+from clipserve.datasets.registry import list_split, split_label
 from clipserve.errors import ConfigError, IndexCacheError
 
 logger = logging.getLogger("clipserve.index")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: ``frame_access`` and ``frame_access_reason`` columns (issue 12)."""
 DEFAULT_PROBE_TIMEOUT_SECONDS = 60.0
 """A file whose probe takes longer than this (seconds) is recorded as broken ('probe timeout')."""
 
@@ -61,7 +57,7 @@ _COLUMNS = (
     "relative_path", "size_bytes", "mtime_ns", "probe_version", "status", "broken_reason", "codec",
     "pixel_format", "width_pixels", "height_pixels", "rotation_degrees", "has_audio", "num_frames",
     "num_frames_source", "average_fps", "duration_seconds", "is_variable_frame_rate", "time_base_num",
-    "time_base_den", "pts_deltas", "keyframe_deltas",
+    "time_base_den", "pts_deltas", "keyframe_deltas", "frame_access", "frame_access_reason",
 )
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,7 +68,8 @@ CREATE TABLE IF NOT EXISTS videos (
     rotation_degrees INTEGER NOT NULL, has_audio INTEGER NOT NULL, num_frames INTEGER NOT NULL,
     num_frames_source TEXT NOT NULL, average_fps REAL NOT NULL, duration_seconds REAL NOT NULL,
     is_variable_frame_rate INTEGER NOT NULL, time_base_num INTEGER NOT NULL, time_base_den INTEGER NOT NULL,
-    pts_deltas BLOB NOT NULL, keyframe_deltas BLOB NOT NULL
+    pts_deltas BLOB NOT NULL, keyframe_deltas BLOB NOT NULL, frame_access TEXT NOT NULL,
+    frame_access_reason TEXT NOT NULL
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
@@ -109,6 +106,9 @@ class IndexSummary(BaseModel):
     mean_duration_seconds: float
     total_frames: int
     num_frames_estimated: int
+    num_frame_access_sequential: int = 0
+    """Videos whose packet timestamps cannot identify frames: counted by a full decode at index time
+    and decoded from the start by the PyAV executor (``VideoRecord.frame_access``)."""
     num_variable_frame_rate: int
     num_with_audio: int
     num_rotated: int
@@ -247,7 +247,8 @@ class VideoIndex:
             total_hours=sum(durations) / 3600.0,
             mean_duration_seconds=sum(durations) / len(durations) if durations else 0.0,
             total_frames=sum(r.num_frames for r in ok),
-            num_frames_estimated=sum(r.num_frames_source != "packet_scan" for r in ok),
+            num_frames_estimated=sum(r.num_frames_source in ("estimate", "header") for r in ok),
+            num_frame_access_sequential=sum(r.frame_access == "sequential" for r in ok),
             num_variable_frame_rate=sum(r.is_variable_frame_rate for r in ok),
             num_with_audio=sum(r.has_audio for r in ok),
             num_rotated=sum(r.rotation_degrees != 0 for r in ok),
@@ -366,6 +367,7 @@ class IndexCache:
             result.rotation_degrees, int(result.has_audio), result.num_frames, result.num_frames_source,
             result.average_fps, result.duration_seconds, int(result.is_variable_frame_rate),
             result.time_base_num, result.time_base_den, result.pts_deltas_blob, result.keyframe_deltas_blob,
+            result.frame_access, result.frame_access_reason,
         )
         try:
             self._connection.execute(
@@ -403,6 +405,7 @@ def _record(entry: DatasetEntry, row: tuple) -> VideoRecord:
         frame_timestamps_seconds=timestamps_seconds(values["pts_deltas"], values["time_base_num"],
                                                     values["time_base_den"]) if ok else [],
         keyframe_indices=decode_int64_deltas(values["keyframe_deltas"]).tolist() if ok else [],
+        frame_access=values["frame_access"], frame_access_reason=values["frame_access_reason"],
     )
     return VideoRecord(**fields)
 
@@ -448,18 +451,20 @@ def build_index(
     progress: bool = True,
     cache_path: str | Path | None = None,
     probe_timeout_seconds: float = DEFAULT_PROBE_TIMEOUT_SECONDS,
+    split_id: int = 1,
 ) -> VideoIndex:
     """List ``root`` with adapter ``dataset``, probe what the cache lacks, return the index.
 
     Args:
         root: dataset folder (see :mod:`clipserve.datasets.k400` for the layouts).
-        dataset: adapter name, 'k400' or 'folder'.
+        dataset: adapter name ('k400', 'k600', 'k700', 'folder', 'ucf101', 'hmdb51', 'ssv2').
         split: e.g. 'train' or 'val'.
         workers: probe processes; ``None`` = one per CPU core, ``0`` = probe in this process
             (no protection against files that hang or crash the prober).
         progress: show a tqdm progress bar on stderr.
         cache_path: SQLite cache file; ``None`` = :func:`default_cache_path`.
         probe_timeout_seconds: per-file limit (seconds) before a file is recorded as broken.
+        split_id: official split 1..3 of ucf101/hmdb51 (must be 1 for the other datasets).
 
     Raises:
         DatasetError: root missing, empty, or its annotations unusable.
@@ -471,9 +476,10 @@ def build_index(
         raise ConfigError(f"workers ({workers}) must be >= 0 (0 = probe in this process)")
     if not probe_timeout_seconds > 0:
         raise ConfigError(f"probe_timeout_seconds ({probe_timeout_seconds}) must be > 0")
-    listing = get_adapter(dataset)(Path(root), split)
+    listing = list_split(dataset, Path(root), split, split_id)
     root_path = Path(root).expanduser().resolve()
-    path = Path(cache_path).expanduser() if cache_path is not None else default_cache_path(root_path, dataset, split)
+    label = split_label(dataset, split, split_id)  # 'train1' for ucf101/hmdb51: one cache file per split id
+    path = Path(cache_path).expanduser() if cache_path is not None else default_cache_path(root_path, dataset, label)
     cache = IndexCache(path)
     try:
         present, vanished = _stat_entries(root_path, listing)
@@ -491,7 +497,7 @@ def build_index(
         num_workers = _default_workers() if workers is None else workers
         num_workers = min(num_workers, len(todo)) if num_workers else 0
         stats = BuildStats(num_reused=len(present) - len(todo), num_dropped=len(stale), workers=num_workers)
-        with tqdm(total=len(present), initial=stats.num_reused, desc=f"index {dataset}/{split}", unit="video",
+        with tqdm(total=len(present), initial=stats.num_reused, desc=f"index {dataset}/{label}", unit="video",
                   disable=not progress, file=sys.stderr, dynamic_ncols=True, smoothing=0.05) as bar:
             if todo:
                 probe_started = time.monotonic()
