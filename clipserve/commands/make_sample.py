@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "ssv2: labels JSON, id-named VP9 WebM (see docs/usage.md)")
 
 
+def _or(value: int | None, default: int) -> int:
+    """``value`` unless it was left out (0 stays 0, so that it is refused with a clear message)."""
+    return default if value is None else value
+
+
 def run(args: argparse.Namespace) -> int:
     if args.layout != "k400":
         if args.preset != "motion":
@@ -42,13 +47,13 @@ def run(args: argparse.Namespace) -> int:
             return 2
         from clipserve.sample_layouts import build_layout_sample, make_layout_spec
 
-        layout_spec = make_layout_spec(args.layout, args.classes or 8, args.videos_per_class or 12, args.seed)
+        layout_spec = make_layout_spec(args.layout, _or(args.classes, 8), _or(args.videos_per_class, 12), args.seed)
         print(build_layout_sample(args.out, layout_spec, workers=args.workers, force=args.force).summary())
         return 0
     if args.preset == "learnable":
-        spec = make_learnable_spec(args.classes or 10, args.videos_per_class or 60, args.codec, args.seed)
+        spec = make_learnable_spec(_or(args.classes, 10), _or(args.videos_per_class, 60), args.codec, args.seed)
     else:
-        spec = make_sample_spec(args.classes or 8, args.videos_per_class or 12, args.codec, args.seed)
+        spec = make_sample_spec(_or(args.classes, 8), _or(args.videos_per_class, 12), args.codec, args.seed)
     result = build_sample(args.out, spec, workers=args.workers, force=args.force, progress=args.progress)
     print(result.summary())
     return 0
