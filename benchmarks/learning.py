@@ -423,52 +423,60 @@ def check_targets(entries: dict[str, dict[str, Any]], random_init: dict[str, Any
 # ------------------------------------------------------------------ plot (Pillow)
 
 def draw_plot(document: dict[str, Any], path: Path) -> None:
-    """Bars (kNN top-1 mean) with error bars (± std over seeds) per configuration, grouped like the
-    paper's tables, with random init and supervised as dashed reference lines. Pillow only."""
+    """Bars (kNN top-1 mean) with error bars (± std over seeds) grouped like the paper's tables
+    (objectives; ρ for MoCo and BYOL with ρ=2 at ρ=4's compute; t_max), random init and supervised
+    as dashed reference lines. Pillow only (ASCII labels: its default font has no Greek)."""
     from PIL import Image, ImageDraw
 
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for run in RUNS:
-        if run.name in document["configurations"]:
-            groups.setdefault(run.group, []).append(document["configurations"][run.name])
-    bar_w, gap, left, top, bottom, height = 34, 26, 60, 40, 120, 300
-    num_bars = sum(len(g) for g in groups.values())
-    width = left + num_bars * bar_w + (len(groups) + 1) * gap + 20
-    image = Image.new("RGB", (max(width, 400), top + height + bottom), "white")
+    configs = document["configurations"]
+    layout = [
+        ("objectives (rho=2, global)", [("moco", "MoCo"), ("byol", "BYOL"), ("simclr", "SimCLR"), ("swav", "SwAV")]),
+        ("MoCo: rho, equal epochs", [("moco", "rho=2"), ("moco-rho4", "rho=4"), ("moco-rho2-2x", "rho=2, 2x steps")]),
+        ("BYOL: rho, equal epochs", [("byol", "rho=2"), ("byol-rho4", "rho=4"), ("byol-rho2-2x", "rho=2, 2x steps")]),
+        ("MoCo rho=2: t_max", [("moco-tmax0", "t_max=0"), ("moco-tmax1.5", "t_max=1.5 s"), ("moco", "global")]),
+    ]
+    groups = [(title, [(configs[n], label) for n, label in bars if n in configs]) for title, bars in layout]
+    groups = [(title, bars) for title, bars in groups if bars]
+    bar_w, gap, left, top, height, label_h = 30, 30, 50, 40, 300, 100
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    spans = [max(len(bars) * bar_w, int(probe.textlength(title)) + 4) for title, bars in groups]
+    width = max(left + sum(spans) + (len(groups) + 1) * gap + 120, 480)
+    image = Image.new("RGB", (width, top + height + label_h + 40), "white")
     draw = ImageDraw.Draw(image)
 
     def y_of(value: float) -> float:
         return top + height * (1 - value / 100.0)
 
     for tick in range(0, 101, 20):
-        draw.line([(left - 4, y_of(tick)), (image.width - 10, y_of(tick))], fill=(225, 225, 225))
-        draw.text((left - 30, y_of(tick) - 6), f"{tick}", fill="black")
-    draw.text((8, 8), "kNN top-1 on the learnable world's val split (%), mean ± std over seeds", fill="black")
+        draw.line([(left - 4, y_of(tick)), (width - 10, y_of(tick))], fill=(225, 225, 225))
+        draw.text((left - 28, y_of(tick) - 6), f"{tick}", fill="black")
+    draw.text((8, 8), "kNN top-1 (%) on the learnable world's 200 val videos; bars: mean, whiskers: +-1 std over seeds",
+              fill="black")
     for entry, colour, label in ((document["random_init"], (200, 60, 60), "random init"),
                                  (document.get("supervised"), (60, 140, 60), "supervised")):
         if entry:
             y = y_of(entry["knn_top1_mean"])
-            for x in range(left, image.width - 10, 8):
+            for x in range(left, width - 10, 8):
                 draw.line([(x, y), (x + 4, y)], fill=colour, width=2)
-            draw.text((image.width - 90, y - 13), f"{label} {entry['knn_top1_mean']:.0f}", fill=colour)
+            draw.text((width - 110, y - 13), f"{label} {entry['knn_top1_mean']:.1f}", fill=colour)
     x = left + gap
     palette = [(70, 110, 180), (230, 150, 40), (120, 80, 160), (40, 150, 150)]
-    for g, (group, entries) in enumerate(groups.items()):
+    for g, (title, bars) in enumerate(groups):
         start = x
-        for entry in entries:
+        x += (spans[g] - len(bars) * bar_w) // 2
+        for entry, label in bars:
             mean, std = entry["knn_top1_mean"], entry["knn_top1_std"]
             draw.rectangle([x, y_of(mean), x + bar_w - 6, y_of(0)], fill=palette[g % len(palette)])
             cx = x + (bar_w - 6) / 2
             draw.line([(cx, y_of(mean - std)), (cx, y_of(mean + std))], fill="black", width=1)
             for yy in (y_of(mean - std), y_of(mean + std)):
                 draw.line([(cx - 4, yy), (cx + 4, yy)], fill="black")
-            label = entry["name"].replace("moco-", "").replace("byol-", "b-") if g else entry["name"]
-            txt = Image.new("RGB", (110, 14), "white")
-            ImageDraw.Draw(txt).text((0, 0), label, fill="black")
-            image.paste(txt.rotate(90, expand=True), (int(x + 6), int(y_of(0) + 4)))
+            text = Image.new("RGB", (label_h - 8, 12), "white")
+            ImageDraw.Draw(text).text((0, 0), label, fill="black")
+            image.paste(text.rotate(90, expand=True), (int(x + 6), int(y_of(0) + 6)))
             x += bar_w
-        draw.text((start, top + height + 100), group[:34], fill="black")
-        x += gap
+        draw.text((start, top + height + label_h + 10), title, fill=palette[g % len(palette)])
+        x = start + spans[g] + gap
     image.save(path)
 
 
