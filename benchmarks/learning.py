@@ -26,8 +26,8 @@ Configurations (each over several seeds, reported as mean ± std over seeds):
 
 Commands::
 
-    python benchmarks/learning.py                 # the whole table (800 steps a run, ~25 min on 2 cores)
-    python benchmarks/learning.py --quick         # 400 steps, no extra timespan seeds (~10 min)
+    python benchmarks/learning.py                 # the whole table (800 steps a run; 27.5 min of training on a shared 2-core VM)
+    python benchmarks/learning.py --quick         # 400 steps, no extra timespan seeds (about half the compute)
     python benchmarks/learning.py --only moco,moco-tmax0 --seeds 2
     python benchmarks/learning.py --gpu           # GPU scale (not run here): r3d_18, 112², more steps
 
@@ -274,6 +274,23 @@ def pretrain(args: argparse.Namespace, run: RunSpec, seed: int) -> dict[str, Any
             "mean_data_wait_fraction": round(sum(m["data_wait_fraction"] for m in metrics) / len(metrics), 3) if metrics else None}
 
 
+def previous_run(args: argparse.Namespace, run: RunSpec, seed: int) -> dict[str, Any]:
+    """``--evaluate-only``: what :func:`pretrain` returned, read back from the run's checkpoint
+    directory (its metrics.jsonl; wall time as the span of its metric records)."""
+    ckpt_dir = args.out / f"{run.name}-seed{seed}"
+    if not (ckpt_dir / "last.pt").exists():
+        raise RuntimeError(f"--evaluate-only: no checkpoint in {ckpt_dir}; run the benchmark without it first")
+    from trainer.checkpoint import load_checkpoint
+
+    metrics = [json.loads(line) for line in (ckpt_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps_done = int(load_checkpoint(ckpt_dir)["step"])
+    return {"seed": seed, "steps": steps_done, "cut_by_time_budget": steps_done < args.steps * run.steps_factor,
+            "wall_seconds": None, "first_loss": metrics[0]["loss"] if metrics else None,
+            "last_loss": metrics[-1]["loss"] if metrics else None,
+            "mean_clips_per_second": round(sum(m["clips_per_second"] for m in metrics) / len(metrics), 1) if metrics else None,
+            "mean_data_wait_fraction": round(sum(m["data_wait_fraction"] for m in metrics) / len(metrics), 3) if metrics else None}
+
+
 def trainer_flags(args: argparse.Namespace, objective: str) -> list[str]:
     """The benchmark's trainer settings on top of ``--profile`` (CPU: a queue smaller than the
     train split, so MoCo's negatives are not mostly the positives' own earlier clips)."""
@@ -511,6 +528,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "learns too slowly in this budget)")
     parser.add_argument("--k", type=int, default=20, help="kNN neighbours")
     parser.add_argument("--no-supervised-control", action="store_true", help="skip the supervised reference")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="no pretraining: evaluate the checkpoints a previous run left in --out (the "
+                             "supervised control, kept in memory only, is trained again)")
     parser.add_argument("--trainer-flag", dest="trainer_flags", action="append", default=[],
                         help="extra trainer flag, repeatable, e.g. --trainer-flag=--base-lr --trainer-flag=0.1")
     args = parser.parse_args(argv)
@@ -566,7 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 supervised_models.append(supervised_control(args, seed, num_classes))
                 log(f"supervised seed {seed}: {supervised_models[-1][1]['steps']} steps")
                 return
-            info = pretrain(args, run, seed)
+            info = previous_run(args, run, seed) if args.evaluate_only else pretrain(args, run, seed)
             train_info[(run.name, seed)] = info
             log(f"{run.name} seed {seed}: {info['steps']} steps in {info['wall_seconds']} s "
                 f"({info['mean_clips_per_second']} clips/s, data wait {info['mean_data_wait_fraction']})")
