@@ -26,11 +26,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipserve import __version__
-from clipserve.api.schemas import ConsumerCreate, InfoPublic, StatsPublic
-from clipserve.dataplane.plane import DataPlane, ProducerFactory, steps_per_epoch
+from clipserve.dataplane.errors import (
+    ConsumerConflictError,
+    ConsumerRequestError,
+    ServiceBusyError,
+    UnknownConsumerError,
+)
+from clipserve.dataplane.models import ConsumerCreate, StatsPublic
+from clipserve.dataplane.plane import MAX_CONSUMERS, DataPlane, ProducerFactory, steps_per_epoch
 from clipserve.errors import DatasetError, DecodeError
 from clipserve.plan_models import ClipPlan
 from clipserve.priority import lower_cpu_priority
+from clipserve.service_models import InfoPublic
 from clipserve.settings import ServiceConfig
 from clipserve.transport.layout import BatchLayout
 
@@ -39,6 +46,10 @@ if TYPE_CHECKING:
     from clipserve.datasets.index import VideoIndex
     from clipserve.datasets.record import VideoRecord
     from clipserve.executors.pool import Batch
+
+__all__ = [  # the consumer errors are re-exported for the REST layer, which sees only the service
+    "MAX_CONSUMERS", "ConsumerConflictError", "ConsumerRequestError", "ServiceBusyError", "UnknownConsumerError",
+    "ServiceState", "build_service_index", "check_ring_fits", "draw_contact_sheet_png"]
 
 logger = logging.getLogger(__name__)
 
@@ -302,7 +313,7 @@ def _no_usable_video_message(config: ServiceConfig, index: VideoIndex) -> str:
 def draw_contact_sheet_png(path: str, clip_plan: ClipPlan) -> bytes:
     """Decode ``clip_plan`` from ``path`` with the PyAV executor and draw its contact sheet (PNG bytes).
     Runs in a contact-sheet process."""
-    from clipserve.api.render import encode_png, render_contact_sheet
+    from clipserve.inspect.render import encode_png, render_contact_sheet
     from clipserve.executors.pyav import execute_plan
 
     return encode_png(render_contact_sheet(clip_plan, execute_plan(path, clip_plan)))

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from clipserve.api.app import create_app
-from clipserve.api.render import sheet_geometry
+from clipserve.inspect.render import sheet_geometry
 from clipserve.datasets.index import build_index
 from clipserve.errors import ConfigError
 from clipserve.executors.pyav import execute_plan
