@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipserve import __version__
+from clipserve.batch import steps_per_epoch
 from clipserve.dataplane.errors import (
     ConsumerConflictError,
     ConsumerRequestError,
@@ -33,7 +34,7 @@ from clipserve.dataplane.errors import (
     UnknownConsumerError,
 )
 from clipserve.dataplane.models import ConsumerCreate, StatsPublic
-from clipserve.dataplane.plane import MAX_CONSUMERS, DataPlane, ProducerFactory, steps_per_epoch
+from clipserve.dataplane.plane import MAX_CONSUMERS, DataPlane, ProducerFactory
 from clipserve.errors import DatasetError, DecodeError
 from clipserve.plan_models import ClipPlan
 from clipserve.priority import lower_cpu_priority
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from clipserve.dataplane.process import DataPlaneProcess
     from clipserve.datasets.index import VideoIndex
     from clipserve.datasets.record import VideoRecord
-    from clipserve.executors.pool import Batch
+    from clipserve.batch import Batch
 
 __all__ = [  # the consumer errors are re-exported for the REST layer, which sees only the service
     "MAX_CONSUMERS", "ConsumerConflictError", "ConsumerRequestError", "ServiceBusyError", "UnknownConsumerError",
@@ -89,13 +90,7 @@ class ServiceState:
         if not index.records:
             raise DatasetError(_no_usable_video_message(config, index))
         self.backend = _resolve_backend(config.backend, index.records)
-        self.layout = BatchLayout(
-            batch_size=config.batch_size,
-            num_clips=config.num_clips,
-            frames_per_clip=config.frames_per_clip,
-            height_pixels=config.crop_size_pixels,
-            width_pixels=config.crop_size_pixels,
-        )
+        self.layout = BatchLayout.for_configs(config.batch_size, self.sampling, self.augment)
         removed = cleanup_stale_segments()
         if removed:
             logger.info("removed %d shared-memory entries left by crashed services", len(removed))

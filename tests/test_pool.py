@@ -21,7 +21,8 @@ from clipserve.config import AugmentConfig, SamplingConfig
 from clipserve.datasets.index import VideoIndex, build_index
 from clipserve.errors import ConfigError
 from clipserve.executors.base import PyAVBatchExecutor
-from clipserve.executors.pool import Batch, BatchProducer
+from clipserve.batch import Batch
+from clipserve.executors.pool import BatchProducer
 from clipserve.executors.pyav import execute_plan
 from clipserve.media.encode import encode_video, moving_square_frames
 from clipserve.plan import epoch_order

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from clipserve.batch import steps_per_epoch
 from clipserve.dataplane.channels import Channel, HttpChannel
 from clipserve.dataplane.errors import (
     ConsumerConflictError,
@@ -32,7 +33,8 @@ from clipserve.transport.layout import BatchLayout
 
 if TYPE_CHECKING:
     from clipserve.datasets.index import VideoIndex
-    from clipserve.executors.pool import Batch, BatchProducer
+    from clipserve.batch import Batch
+    from clipserve.executors.pool import BatchProducer
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +50,6 @@ STAGES = ("decode", "augment", "wait", "assemble", "publish")
 #: ``(index, *, sampling, augment, batch_size, seed, workers, prefetch_batches, shard_id, num_shards,
 #: rank, world_size, backend) -> BatchProducer``
 ProducerFactory = Callable[..., "BatchProducer"]
-
-
-def steps_per_epoch(num_videos: int, *, batch_size: int, num_shards: int, world_size: int) -> int:
-    """Batches per epoch of each consumer when ``world_size`` consumers share one of ``num_shards``."""
-    from clipserve.plan import consumer_epoch_length
-
-    videos = consumer_epoch_length(num_videos, num_shards=num_shards, world_size=world_size)
-    return -(-videos // batch_size)
 
 
 class DataPlane:

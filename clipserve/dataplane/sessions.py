@@ -9,15 +9,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from clipserve.batch import Batch, StreamPosition
 from clipserve.dataplane.channels import Channel
 from clipserve.dataplane.models import ConsumerCreate, ConsumerPublic
 from clipserve.errors import RingFullError
 
 if TYPE_CHECKING:
-    from clipserve.executors.pool import Batch, BatchProducer
+    from clipserve.executors.pool import BatchProducer
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +38,6 @@ class SessionListener(Protocol):
 
     def session_ended(self, session: ConsumerSession) -> None:
         """Called once, last: channel and producer are closed (the producer's ``stats()`` still answers)."""
-
-
-@dataclass
-class _Position:
-    epoch: int
-    step: int
 
 
 class ConsumerSession:
@@ -68,7 +62,7 @@ class ConsumerSession:
         self.channel = channel
         self.steps_per_epoch = int(producer.steps_per_epoch)
         self.attached_at = time.monotonic()
-        self.next_position = _Position(request.start_epoch, request.start_step)
+        self.next_position = StreamPosition(request.start_epoch, request.start_step)
         self.batches_delivered = 0
         self.clips_delivered = 0
         self.publish_seconds = 0.0
@@ -140,11 +134,7 @@ class ConsumerSession:
                 clips = int(batch.clips.shape[0] * batch.clips.shape[1])
                 self.batches_delivered += 1
                 self.clips_delivered += clips
-                step = int(batch.step) + 1
-                epoch = int(batch.epoch)
-                if step >= self.steps_per_epoch:
-                    epoch, step = epoch + 1, 0
-                self.next_position = _Position(epoch, step)
+                self.next_position = batch.position.next(self.steps_per_epoch)
                 self._listener.batch_delivered(clips=clips, videos=int(batch.clips.shape[0]))
             if self.end_reason is None:
                 self.end_reason = "consumer disconnected" if self.channel.disconnected else "stopped"

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from clipserve.batch import plan_clips_shape
 from clipserve.plan_models import ClipPlan
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ _WORKER_MODULES = ["clipserve.executors.base", "clipserve.executors.pyav", "clip
 _MAX_STARTUP_DEATHS = 8
 """Consecutive workers dying before finishing any task after which the executor gives up."""
 
-__all__ = ["BatchExecutor", "PyAVBatchExecutor", "VideoResult", "clips_shape"]
+__all__ = ["BatchExecutor", "PyAVBatchExecutor", "VideoResult"]
 
 
 class BatchExecutor(Protocol):
@@ -57,13 +58,6 @@ class BatchExecutor(Protocol):
             and ``failures``: batch position → reason, for every video that could not be executed.
         """
         ...
-
-
-def clips_shape(plan: ClipPlan) -> tuple[int, int, int, int, int]:
-    """``(ρ, C, T, S, S)`` of the clips a plan produces (C = 3)."""
-    size = plan.clips[0].augment.output_size_pixels if plan.clips else plan.augment_config.crop_size_pixels
-    frames = len(plan.clips[0].frame_indices) if plan.clips else plan.sampling.frames_per_clip
-    return (len(plan.clips), 3, frames, size, size)
 
 
 @dataclass
@@ -230,7 +224,7 @@ class PyAVBatchExecutor:
         rows of failed videos are zeros."""
         if len(paths) != len(plans) or not plans:
             raise ValueError(f"need as many paths as plans (>= 1), got {len(paths)} paths and {len(plans)} plans")
-        shapes = {clips_shape(p) for p in plans}
+        shapes = {plan_clips_shape(p) for p in plans}
         if len(shapes) != 1:
             raise ValueError(f"all plans of a batch need the same (ρ, C, T, S, S), got {sorted(shapes)}")
         futures = [self.submit(path, plan) for path, plan in zip(paths, plans)]

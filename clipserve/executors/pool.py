@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import threading
 import time
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
@@ -42,6 +41,7 @@ from typing import Any, Iterator, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel
 
+from clipserve.batch import Batch, StreamPosition, Substitution, steps_per_epoch
 from clipserve.config import AugmentConfig, SamplingConfig
 from clipserve.datasets.record import VideoRecord
 from clipserve.errors import ClipserveError, ConfigError, DecodeError
@@ -51,7 +51,7 @@ from clipserve.plan_models import ClipPlan
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Batch", "BatchProducer", "PoolStats", "Substitution", "expected_clips_shape"]
+__all__ = ["BatchProducer", "PoolStats"]
 
 _CRASH_MARKERS = ("worker process", "executor closed")
 """Failure reasons that are not a property of the file (not remembered as broken)."""
@@ -66,39 +66,6 @@ class IndexLike(Protocol):
 
     root: Path
     records: list[VideoRecord]
-
-
-class Substitution(BaseModel):
-    """One video of a batch that failed and what replaced it."""
-
-    position: int
-    """Position in the batch (0..B-1)."""
-    video_index: int
-    """The video that failed."""
-    relative_path: str
-    reason: str
-    substitute_video_index: int
-    """The video delivered in its place (next in this consumer's order that decodes)."""
-
-
-@dataclass
-class Batch:
-    """One step of one consumer. B = batch size, ρ = clips per video, C = 3, T = frames per clip,
-    S = output size in pixels."""
-
-    clips: np.ndarray
-    """``(B, ρ, C, T, S, S)`` uint8 RGB (a CUDA torch tensor with the DALI GPU backend)."""
-    video_index: np.ndarray
-    """``(B,)`` int64, index of the video each row comes from (the substitute's, if substituted)."""
-    label: np.ndarray
-    """``(B,)`` int64 label ids."""
-    clip_start_seconds: np.ndarray
-    """``(B, ρ)`` float32 start time of each clip, seconds from the video's first frame."""
-    is_padding: np.ndarray
-    """``(B,)`` bool: True for rows that wrap around the end of this consumer's order."""
-    epoch: int
-    step: int
-    substitutions: list[Substitution] = field(default_factory=list)
 
 
 class PoolStats(BaseModel):
@@ -203,7 +170,8 @@ class BatchProducer:
             )
         self.videos_per_epoch = consumer_epoch_length(num_videos, num_shards=num_shards, world_size=world_size)
         """Videos (rows) per epoch for this consumer, padding included."""
-        self.steps_per_epoch = math.ceil(self.videos_per_epoch / batch_size)
+        self.steps_per_epoch = steps_per_epoch(num_videos, batch_size=batch_size, num_shards=num_shards,
+                                               world_size=world_size)
         """Batches per epoch (the same for every rank of a job)."""
         self.backend = backend if executor is None else type(executor).__name__
         self._owns_executor = executor is None
@@ -327,11 +295,10 @@ class BatchProducer:
 
     def _positions(self, epoch: int, step: int) -> Iterator[tuple[int, int]]:
         """(epoch, step) from the given one on, forever."""
+        position = StreamPosition(epoch, step)
         while True:
-            yield epoch, step
-            step += 1
-            if step == self.steps_per_epoch:
-                epoch, step = epoch + 1, 0
+            yield position.epoch, position.step
+            position = position.next(self.steps_per_epoch)
 
     def _submit(self, epoch: int, step: int) -> _PendingBatch:
         order = self.order(epoch)
@@ -499,9 +466,4 @@ class BatchProducer:
                 if slot.future is not None:
                     slot.future.cancel()
         self._inflight.clear()
-
-
-def expected_clips_shape(sampling: SamplingConfig, augment: AugmentConfig) -> tuple[int, int, int, int, int]:
-    """``(ρ, C, T, S, S)`` of every row of a batch for these configs."""
-    return (sampling.num_clips, 3, sampling.frames_per_clip, augment.crop_size_pixels, augment.crop_size_pixels)
 
