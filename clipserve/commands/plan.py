@@ -9,59 +9,46 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import BaseModel, Field
 
 from clipserve.config import AugmentConfig, SamplingConfig
+from clipserve.config_cli import add_model_arguments
 from clipserve.errors import ConfigError
+from clipserve.settings import ServiceConfig
 
 HELP = "print the clip plan (JSON) of one video; optionally write its decoded and augmented frames as PNG"
 
+#: Fields of ``ServiceConfig`` this command takes, with the same flags and help as ``clipserve start``.
+SERVICE_FIELDS = ("dataset", "root", "split", "seed", *SamplingConfig.model_fields, "crop_size_pixels", "eval_mode")
+
+
+class PlanOptions(BaseModel):
+    """What only ``clipserve plan`` asks for."""
+
+    video: int = Field(..., ge=0, description="video index (order of `clipserve index`)")
+    epoch: int = Field(0, ge=0, description="epoch the plan is drawn for")
+    backend: Literal["auto", "pyav", "dali"] = Field("pyav", description="decoder used for --frames-out/--clips-out")
+    frames_out: Path | None = Field(
+        None, description="write decoded frames before augmentation here (clip{c}_frame{index:06d}.png)")
+    clips_out: Path | None = Field(None, description="write augmented clip frames here (clip{c}_t{t}.png)")
+    workers: int | None = Field(None, ge=1, description="index worker processes; unset: CPU cores")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="k400", help="dataset adapter: k400 or folder")
-    parser.add_argument("--root", type=Path, required=True, help="dataset root directory")
-    parser.add_argument("--split", default="train", help="dataset split")
-    parser.add_argument("--video", type=int, required=True, help="video index (order of `clipserve index`)")
-    parser.add_argument("--epoch", type=int, default=0, help="epoch the plan is drawn for")
-    parser.add_argument("--seed", type=int, default=0, help="seed of plans and epoch order")
-    add_sampling_arguments(parser)
-    parser.add_argument("--backend", default="pyav", choices=["auto", "pyav", "dali"],
-                        help="decoder used for --frames-out/--clips-out")
-    parser.add_argument("--frames-out", type=Path, default=None,
-                        help="write decoded frames before augmentation here (clip{c}_frame{index:06d}.png)")
-    parser.add_argument("--clips-out", type=Path, default=None,
-                        help="write augmented clip frames here (clip{c}_t{t}.png)")
-    parser.add_argument("--workers", type=int, default=None, help="index worker processes (default: CPU cores)")
-
-
-def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """Sampling and augmentation flags, the same names as ``clipserve start`` uses."""
-    s, a = SamplingConfig(), AugmentConfig()
-    parser.add_argument("--num-clips", type=int, default=s.num_clips, help="ρ, clips per video")
-    parser.add_argument("--frames-per-clip", type=int, default=s.frames_per_clip, help="T, frames per clip")
-    parser.add_argument("--frame-stride", type=int, default=s.frame_stride,
-                        help="τ, frames of the target-fps timeline between sampled frames")
-    parser.add_argument("--target-fps", type=float, default=s.target_fps,
-                        help="frames per second of the timeline the stride counts in")
-    parser.add_argument("--max-span-seconds", type=float, default=None,
-                        help="t_max: largest distance between clip starts, seconds (default: global)")
-    parser.add_argument("--min-span-seconds", type=float, default=s.min_span_seconds,
-                        help="smallest distance between the earliest and latest clip start, seconds")
-    parser.add_argument("--crop-size", type=int, default=a.crop_size_pixels, help="output height/width, pixels")
-    parser.add_argument("--eval-mode", action="store_true", help="centre crop, no random augmentation")
+    add_model_arguments(parser, ServiceConfig, fields=SERVICE_FIELDS, use_defaults=True)
+    add_model_arguments(parser, PlanOptions, use_defaults=True, choices=True)
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[SamplingConfig, AugmentConfig]:
     """Build the planner's configs from the flags; invalid values raise ``ConfigError``."""
     try:
-        sampling = SamplingConfig(
-            num_clips=args.num_clips, frames_per_clip=args.frames_per_clip, frame_stride=args.frame_stride,
-            target_fps=args.target_fps, max_span_seconds=args.max_span_seconds,
-            min_span_seconds=args.min_span_seconds,
-        )
-        augment = AugmentConfig.evaluation(args.crop_size) if args.eval_mode else AugmentConfig(crop_size_pixels=args.crop_size)
+        sampling = SamplingConfig(**{name: getattr(args, name) for name in SamplingConfig.model_fields})
+        size = args.crop_size_pixels
+        augment = AugmentConfig.evaluation(size) if args.eval_mode else AugmentConfig(crop_size_pixels=size)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     return sampling, augment
