@@ -16,14 +16,14 @@ import argparse
 import copy
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-__all__ = ["add_model_arguments", "field_flag", "model_overrides", "shared_field"]
+__all__ = ["add_model_arguments", "field_flag", "model_fields", "model_overrides", "shared_field"]
 
 
 def shared_field(model: type[BaseModel], name: str, *, flag: str | None = None) -> Any:
@@ -34,6 +34,14 @@ def shared_field(model: type[BaseModel], name: str, *, flag: str | None = None) 
         extra = dict(info.json_schema_extra) if isinstance(info.json_schema_extra, dict) else {}
         info.json_schema_extra = {**extra, "flag": flag}
     return info
+
+
+def model_fields(model: Any) -> dict[str, FieldInfo]:
+    """The fields of a pydantic model or pydantic dataclass, in declaration order."""
+    fields = getattr(model, "model_fields", None)
+    if fields is None:
+        fields = model.__pydantic_fields__
+    return dict(fields)
 
 
 def field_flag(name: str, info: FieldInfo) -> str:
@@ -58,21 +66,32 @@ def _value_type(annotation: Any) -> tuple[Any, tuple[Any, ...] | None]:
     return str, None
 
 
+def _parse_bool(raw: str) -> bool:
+    low = raw.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {raw!r}")
+
+
 def _default_text(info: FieldInfo) -> str:
     if info.is_required():
         return "required"
     default = info.get_default(call_default_factory=True)
-    return f"default: {'unset' if default is None else default}"
+    return f"default: {'unset' if default is None else (repr(default) if default == '' else default)}"
 
 
 def add_model_arguments(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-    model: type[BaseModel],
+    model: Any,
     *,
     fields: Iterable[str] | None = None,
     env_prefix: str | None = None,
     use_defaults: bool = False,
     choices: bool = False,
+    converter: Callable[[str, Any], Callable[[str], Any]] | None = None,
+    bool_values: bool = False,
 ) -> list[str]:
     """Add one flag per field of ``model`` (all, or ``fields`` in that order); return the field names.
 
@@ -82,17 +101,20 @@ def add_model_arguments(
             given out of it (``argparse.SUPPRESS``), so flags override the environment and config
             files only where given (``model_overrides``).
         choices: let argparse reject values outside a ``Literal`` (otherwise pydantic does).
+        converter: ``converter(flag, type)`` gives the value parser of a flag (default: the type).
+        bool_values: booleans take an optional value (``--resume``, ``--resume false``).
 
-    Booleans become switches (``--eval-mode`` sets True) unless their default is True, in which
-    case ``--no-<name>`` sets False.
+    ``model`` is a pydantic model or pydantic dataclass. Booleans become switches (``--eval-mode``
+    sets True) unless their default is True, in which case ``--no-<name>`` sets False.
     """
-    names = list(fields) if fields is not None else list(model.model_fields)
+    all_fields = model_fields(model)
+    names = list(fields) if fields is not None else list(all_fields)
     formatter = getattr(parser, "formatter_class", None)
     # argparse's ArgumentDefaultsHelpFormatter prints the defaults it is given itself
     formatter_shows_defaults = use_defaults and isinstance(formatter, type) and issubclass(
         formatter, argparse.ArgumentDefaultsHelpFormatter)
     for name in names:
-        info = model.model_fields[name]
+        info = all_fields[name]
         flag = field_flag(name, info)
         text = (info.description or name.replace("_", " ")).strip().rstrip(".")
         env = f"; env {env_prefix}{name.upper()}" if env_prefix else ""
@@ -100,6 +122,10 @@ def add_model_arguments(
         shown += [env[2:]] if env else []
         help_text = (f"{text} ({'; '.join(shown)})" if shown else text).replace("%", "%%")
         default = info.get_default(call_default_factory=True) if use_defaults and not info.is_required() else argparse.SUPPRESS
+        if info.annotation is bool and bool_values:
+            parse = converter(flag, bool) if converter is not None else _parse_bool
+            parser.add_argument(flag, dest=name, nargs="?", const=True, type=parse, default=default, help=help_text)
+            continue
         if info.annotation is bool:
             if default is True or (not use_defaults and info.default is True):
                 parser.add_argument("--no-" + flag[2:], dest=name, action="store_const", const=False,
@@ -108,7 +134,8 @@ def add_model_arguments(
                 parser.add_argument(flag, dest=name, action="store_const", const=True, default=default, help=help_text)
             continue
         kind, allowed = _value_type(info.annotation)
-        kwargs: dict[str, Any] = dict(dest=name, type=kind, default=default, help=help_text)
+        kwargs: dict[str, Any] = dict(dest=name, type=converter(flag, kind) if converter else kind, default=default,
+                                      help=help_text)
         if choices and allowed is not None:
             kwargs["choices"] = allowed
         if use_defaults and info.is_required():
