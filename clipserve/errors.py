@@ -41,3 +41,15 @@ class RingClosedError(RingError):
 
 class LayoutChangedError(RingError):
     """The service's batch layout changed since this consumer attached (e.g. different ρ or T)."""
+
+
+class WorkerCrashError(ClipserveError):
+    """The process decoding a video died (signal, exit, out of memory); not a property of the file."""
+
+
+class DecodeTimeoutError(WorkerCrashError, TimeoutError):
+    """Decoding one video took longer than the task timeout; its worker was killed and replaced."""
+
+
+class ExecutorClosedError(ClipserveError):
+    """The executor was closed (or cannot run) before the video was decoded."""

@@ -56,6 +56,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[SamplingConfig, Augment
 
 def run(args: argparse.Namespace) -> int:
     from clipserve.datasets.index import build_index
+    from clipserve.executors.interface import single_video_executor
     from clipserve.plan import plan
 
     sampling, augment = configs_from_args(args)
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     print(clip_plan.model_dump_json(indent=2))
     path = index.path_of(args.video)
     if args.frames_out is not None or args.clips_out is not None:
-        executor = _executor(args.backend, path, record.codec)
+        executor = single_video_executor(args.backend, record.codec)
     if args.frames_out is not None:
         args.frames_out.mkdir(parents=True, exist_ok=True)
         frames = executor.decode_frames(path, clip_plan.all_frame_indices, rotation_degrees=record.rotation_degrees)
@@ -84,28 +85,3 @@ def run(args: argparse.Namespace) -> int:
             for t in range(clips.shape[2]):
                 Image.fromarray(np.ascontiguousarray(clips[c, :, t].transpose(1, 2, 0))).save(args.clips_out / f"clip{c}_t{t}.png")
     return 0
-
-
-class _PyAVFrames:
-    """The PyAV executor's two entry points."""
-
-    def decode_frames(self, path: Path, indices: list[int], *, rotation_degrees: int = 0) -> np.ndarray:
-        from clipserve.executors.pyav import decode_frames
-
-        return decode_frames(path, indices, rotation_degrees=rotation_degrees)
-
-    def execute_plan(self, path: Path, clip_plan) -> np.ndarray:  # noqa: ANN001
-        from clipserve.executors.pyav import execute_plan
-
-        return execute_plan(path, clip_plan)
-
-
-def _executor(backend: str, path: Path, codec: str):  # noqa: ANN202
-    from clipserve.executors.backend import choose_backend
-
-    chosen = choose_backend(backend, {codec})
-    if chosen.startswith("dali"):
-        from clipserve.executors.dali import DaliExecutor
-
-        return DaliExecutor.for_single_video(chosen)
-    return _PyAVFrames()

@@ -1,4 +1,4 @@
-"""Batch executors: the ``BatchExecutor`` protocol and ``PyAVBatchExecutor``, PyAV in worker processes.
+"""``PyAVBatchExecutor``: the PyAV executor on a supervised pool of worker processes (a ``VideoExecutor``).
 
 ``PyAVBatchExecutor`` owns ``workers`` processes (start method 'forkserver' by default: the parent
 runs threads, so it never forks itself). Each task is one video: the worker runs
@@ -8,10 +8,11 @@ clips as raw bytes over its own pipe. A dispatcher thread in the parent keeps ev
 results and watches the processes:
 
 - a video that fails to decode (``DecodeError`` or any other exception in the worker) resolves its
-  future with ``VideoResult.failure_reason`` set; the worker lives on;
+  future with a ``DecodeError`` as ``VideoResult.failure``; the worker lives on;
 - a worker that dies (segfault, ``kill -9``, out of memory) or runs one task longer than
   ``task_timeout_seconds`` (then it is killed) fails the task it was running with a reason naming the
-  exit code or signal, is replaced by a fresh process, and its other queued tasks are re-queued.
+  exit code or signal (``WorkerCrashError``, ``DecodeTimeoutError``), is replaced by a fresh
+  process, and its other queued tasks are re-queued.
 
 So a future from ``submit`` never raises for bad input; ``close`` cancels what is left.
 """
@@ -26,14 +27,17 @@ import multiprocessing.connection
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from clipserve.batch import plan_clips_shape
+from clipserve.errors import DecodeError, DecodeTimeoutError, ExecutorClosedError, WorkerCrashError
+from clipserve.executors.interface import VideoResult
 from clipserve.plan_models import ClipPlan
 
 logger = logging.getLogger(__name__)
@@ -44,34 +48,7 @@ _WORKER_MODULES = ["clipserve.executors.base", "clipserve.executors.pyav", "clip
 _MAX_STARTUP_DEATHS = 8
 """Consecutive workers dying before finishing any task after which the executor gives up."""
 
-__all__ = ["BatchExecutor", "PyAVBatchExecutor", "VideoResult"]
-
-
-class BatchExecutor(Protocol):
-    """Executes the plans of one batch of videos."""
-
-    def execute_batch(self, paths: list[Path], plans: list[ClipPlan]) -> tuple[np.ndarray, dict[int, str]]:
-        """Decode and augment video ``paths[b]`` with ``plans[b]``.
-
-        Returns:
-            ``clips`` ``(B, ρ, C, T, S, S)`` uint8 (rows of failed videos are unspecified, e.g. zeros)
-            and ``failures``: batch position → reason, for every video that could not be executed.
-        """
-        ...
-
-
-@dataclass
-class VideoResult:
-    """Outcome of one video task."""
-
-    clips: np.ndarray | None
-    """``(ρ, C, T, S, S)`` uint8, or None when the video failed."""
-    failure_reason: str | None
-    """Why the video failed (decode error, worker crash, timeout); None on success."""
-    decode_seconds: float = 0.0
-    """Worker time spent outside augmentation (demux, decode, crop, colour conversion)."""
-    augment_seconds: float = 0.0
-    """Worker time spent in ``augment_clip``."""
+__all__ = ["PyAVBatchExecutor", "VideoResult"]
 
 
 @dataclass
@@ -209,7 +186,7 @@ class PyAVBatchExecutor:
             if self._closed:
                 raise RuntimeError("PyAVBatchExecutor is closed")
             if self._broken_reason is not None:
-                future.set_result(VideoResult(None, f"executor broken: {self._broken_reason}"))
+                future.set_result(VideoResult(None, ExecutorClosedError(f"executor broken: {self._broken_reason}")))
                 return future
             task = _Task(next(self._ids), str(path), plan, future)
             if urgent:
@@ -218,6 +195,11 @@ class PyAVBatchExecutor:
                 self._pending.append(task)
         self._wake()
         return future
+
+    def submit_batch(self, paths: Sequence[Path], plans: Sequence[ClipPlan], *,
+                     urgent: bool = False) -> list[Future[VideoResult]]:
+        """``submit`` each video (``VideoExecutor``): one future per video, in order."""
+        return [self.submit(path, plan, urgent=urgent) for path, plan in zip(paths, plans, strict=True)]
 
     def execute_batch(self, paths: list[Path], plans: list[ClipPlan]) -> tuple[np.ndarray, dict[int, str]]:
         """Run a batch to completion: ``(clips (B, ρ, C, T, S, S) uint8, failures {position: reason})``;
@@ -282,7 +264,7 @@ class PyAVBatchExecutor:
             clips = np.frombuffer(data, dtype=np.uint8).reshape(shape)
             task.future.set_result(VideoResult(clips, None, decode_seconds, augment_seconds))
         else:
-            task.future.set_result(VideoResult(None, reason, decode_seconds, 0.0))
+            task.future.set_result(VideoResult(None, DecodeError(reason), decode_seconds, 0.0))
         return True
 
     def _replace(self, worker: _Worker, *, timed_out: bool = False) -> None:
@@ -314,7 +296,7 @@ class PyAVBatchExecutor:
                 self.worker_restarts += 1
         if tasks:
             logger.warning("%s: %s", tasks[0].path, reason)
-            tasks[0].future.set_result(VideoResult(None, reason))
+            tasks[0].future.set_result(VideoResult(None, (DecodeTimeoutError if timed_out else WorkerCrashError)(reason)))
         if self._broken_reason is not None:
             self._fail_all(f"executor broken: {self._broken_reason}")
         else:
@@ -331,7 +313,7 @@ class PyAVBatchExecutor:
         for task in tasks:
             if not task.future.done():
                 if task.future.running() or not task.future.cancel():
-                    task.future.set_result(VideoResult(None, reason))
+                    task.future.set_result(VideoResult(None, ExecutorClosedError(reason)))
 
     def _dispatch(self) -> None:
         try:
@@ -411,7 +393,7 @@ class PyAVBatchExecutor:
         for task in leftovers:
             if not task.future.done():
                 if not task.future.cancel():
-                    task.future.set_result(VideoResult(None, "executor closed"))
+                    task.future.set_result(VideoResult(None, ExecutorClosedError("executor closed")))
         self._wake_r.close()
         self._wake_w.close()
 
@@ -432,7 +414,7 @@ class _ResubmittableTask:
 
         def forward(done: Future) -> None:
             if done.cancelled():
-                original.set_result(VideoResult(None, "executor closed"))
+                original.set_result(VideoResult(None, ExecutorClosedError("executor closed")))
             else:
                 original.set_result(done.result())
 
