@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from clipserve.dataplane.process import DataPlaneProcess
     from clipserve.datasets.index import VideoIndex
     from clipserve.datasets.record import VideoRecord
+    from clipserve.datasets.shared_rows import MappedRows
     from clipserve.batch import Batch
 
 __all__ = [  # the consumer errors are re-exported for the REST layer, which sees only the service
@@ -108,7 +109,12 @@ class ServiceState:
         if data_plane_process:
             from clipserve.dataplane.process import DataPlaneProcess
 
-            self._data_plane_process = DataPlaneProcess(config, index, **plane_args)
+            mapped = share_index_rows(index)
+            try:
+                self._data_plane_process = DataPlaneProcess(config, index, **plane_args)
+            finally:
+                if mapped is not None:
+                    mapped.unlink()  # both processes have mapped it now
             self.data_plane = self._data_plane_process.plane
         else:
             self.data_plane = DataPlane(config, index, producer_factory=producer_factory, **plane_args)
@@ -303,6 +309,21 @@ def _no_usable_video_message(config: ServiceConfig, index: VideoIndex) -> str:
         more = f" (and {len(broken) - 3} more)" if len(broken) > 3 else ""
         message += f": all {len(broken)} video file(s) are broken, e.g. {reasons}{more}"
     return message
+
+
+def share_index_rows(index: VideoIndex) -> MappedRows | None:
+    """Move the index's rows into a file this process and the data-plane process both map
+    (``clipserve.datasets.shared_rows``): one copy in memory instead of one per process. Returns
+    the mapping (``unlink()`` it once the data plane has started), or None for an index without
+    cache rows."""
+    from clipserve.datasets.index import RecordSequence
+    from clipserve.datasets.shared_rows import MappedRows
+
+    if not isinstance(index.records, RecordSequence) or isinstance(index.records.rows, MappedRows):
+        return None
+    mapped = MappedRows.create(index.records.rows)
+    index.records = RecordSequence(mapped)
+    return mapped
 
 
 def draw_contact_sheet_png(path: str, clip_plan: ClipPlan) -> bytes:
