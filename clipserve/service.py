@@ -359,11 +359,9 @@ def _resolve_backend(requested: str, records: list[VideoRecord]) -> str:
     from clipserve.executors.backend import choose_backend
 
     codecs = {record.codec for record in records}
-    if requested == "pyav":
-        # nothing to detect: without these, choose_backend imports torch and DALI (CUDA libraries)
-        # only to ask for a GPU, about 600 MB of resident memory in the service process
+    if requested == "pyav":  # nothing to detect
         return choose_backend(requested, codecs, cuda=False, dali_available=False)
-    return choose_backend(requested, codecs)
+    return choose_backend(requested, codecs)  # asks the CUDA driver, imports neither torch nor DALI
 
 
 def _backend_description(backend: str) -> str:
