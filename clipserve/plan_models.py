@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, computed_field
 
 from clipserve.config import AugmentConfig, SamplingConfig
 
@@ -92,12 +92,21 @@ class ClipPlan(BaseModel):
     source_height_pixels: int
     num_frames_source: int
     """Frames in the source video."""
+    duration_seconds: float | None = None
+    """Length of the video's timeline the clip starts were drawn on, in seconds (the planner sets it;
+    None only in plans built by hand). Clip starts lie in [0, duration_seconds − clip_duration_seconds]."""
     rotation_degrees: int = 0
     padding_policy: Literal["repeat_last"] = "repeat_last"
     """Videos shorter than one clip start at 0 and repeat their last frame."""
     sampling: SamplingConfig
     augment_config: AugmentConfig
     clips: list[ClipSpec]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def clip_duration_seconds(self) -> float:
+        """Seconds each clip covers, T·τ/target_fps: clip c spans [start_seconds, start_seconds + this)."""
+        return self.sampling.clip_duration_seconds
 
     @property
     def all_frame_indices(self) -> list[int]:

@@ -14,8 +14,21 @@ import pytest
 from PIL import Image
 
 from clipserve.api.app import create_app
-from clipserve.inspect.render import sheet_geometry
+from clipserve.inspect.render import (
+    CLIP_COLORS,
+    MARGIN_PIXELS,
+    T_MAX_WINDOW,
+    TIMELINE_LABEL_WIDTH_PIXELS,
+    TIMELINE_LANE_HEIGHT_PIXELS,
+    TIMELINE_TRACK,
+    VIDEO_BAR,
+    clip_color,
+    render_contact_sheet,
+    sheet_geometry,
+    timeline_geometry,
+)
 from clipserve.datasets.index import build_index
+from clipserve.config import SamplingConfig
 from clipserve.errors import ConfigError
 from clipserve.executors.pyav import execute_plan
 from clipserve.plan import plan
@@ -99,7 +112,8 @@ def test_contact_sheet_shows_the_executed_clips_one_row_per_clip(client, config,
     clips = execute_plan(index.path_of(2), clip_plan)  # (ρ, C, T, S, S)
     rho, _, frames, size, _ = clips.shape
     geometry = sheet_geometry(rho, frames, size)
-    assert sheet.shape == (geometry.height_pixels, geometry.width_pixels, 3)
+    strip = timeline_geometry(clip_plan, geometry.width_pixels, geometry.height_pixels)
+    assert sheet.shape == (geometry.height_pixels + strip.height_pixels, geometry.width_pixels, 3)
     cell = geometry.cell_size_pixels
     for row in range(rho):  # every row shows clip `row`'s T augmented frames, scaled up
         for t in range(frames):
@@ -109,6 +123,73 @@ def test_contact_sheet_shows_the_executed_clips_one_row_per_clip(client, config,
     # below the last row there is nothing but background (exactly ρ rows)
     last_top = geometry.cell_origin(rho - 1, 0)[1] + cell
     assert geometry.height_pixels - last_top < geometry.row_height_pixels
+
+
+def test_plan_json_carries_the_timeline(client, index) -> None:  # noqa: ANN001
+    """What the page's timeline is drawn from: the video's duration, each clip's [start, end) and t_max."""
+    got = client.get("/v1/videos/3/plan", params={"epoch": 2}).json()
+    record = index.records[3]
+    assert got["duration_seconds"] == pytest.approx(record.duration_seconds) and got["duration_seconds"] > 0
+    sampling = got["sampling"]
+    assert got["clip_duration_seconds"] == pytest.approx(
+        sampling["frames_per_clip"] * sampling["frame_stride"] / sampling["target_fps"])
+    assert "max_span_seconds" in sampling and sampling["max_span_seconds"] is None  # the test service: global
+    for clip in got["clips"]:
+        assert 0 <= clip["start_seconds"] <= max(0.0, got["duration_seconds"] - got["clip_duration_seconds"]) + 1e-9
+
+
+def _timeline_x(seconds: float, duration_seconds: float, width_pixels: int) -> int:
+    """x of a time on the strip, from the documented layout: time 0 at MARGIN + LABEL_WIDTH, the
+    video's end at the last pixel before the right margin."""
+    left, right = MARGIN_PIXELS + TIMELINE_LABEL_WIDTH_PIXELS, width_pixels - MARGIN_PIXELS - 1
+    return left + round(min(max(seconds / duration_seconds, 0.0), 1.0) * (right - left))
+
+
+def _lane_xs(width_pixels: int) -> range:
+    """x of every pixel of a lane's track."""
+    return range(MARGIN_PIXELS + TIMELINE_LABEL_WIDTH_PIXELS, width_pixels - MARGIN_PIXELS)
+
+
+def test_contact_sheet_timeline_marks_each_clips_interval(client, index) -> None:  # noqa: ANN001
+    clip_plan = client.get("/v1/videos/4/plan", params={"epoch": 1}).json()  # the picture's source
+    sheet = np.asarray(Image.open(io.BytesIO(client.get("/v1/videos/4/clips.png", params={"epoch": 1}).content)).convert("RGB"))
+    height, width, _ = sheet.shape
+    rho, frames = len(clip_plan["clips"]), len(clip_plan["clips"][0]["frame_indices"])
+    top = sheet_geometry(rho, frames, clip_plan["augment_config"]["crop_size_pixels"]).height_pixels
+    duration, clip_seconds = clip_plan["duration_seconds"], clip_plan["clip_duration_seconds"]
+    x_of = lambda t: _timeline_x(t, duration, width)  # noqa: E731
+    from clipserve.plan_models import ClipPlan
+
+    strip = timeline_geometry(ClipPlan.model_validate(clip_plan), width, top)
+    assert tuple(sheet[strip.video_bar_top_pixels + 2, x_of(duration / 2)]) == VIDEO_BAR
+    for c, clip in enumerate(clip_plan["clips"]):
+        y = strip.lane_top_pixels(c) + TIMELINE_LANE_HEIGHT_PIXELS // 2
+        start, end = clip["start_seconds"], min(clip["start_seconds"] + clip_seconds, duration)
+        colored = {x for x in _lane_xs(width) if tuple(sheet[y, x]) == clip_color(c)}
+        inside = set(range(x_of(start) + 1, x_of(end) - 1))
+        assert inside and inside <= colored, (c, start, end)  # the interval is filled in the clip's colour …
+        assert all(x_of(start) - 1 <= x <= x_of(end) for x in colored)  # … and nothing else of the lane is
+
+
+def test_contact_sheet_timeline_shades_the_t_max_window(config, index) -> None:  # noqa: ANN001
+    sampling = SamplingConfig(num_clips=3, frames_per_clip=4, frame_stride=4, max_span_seconds=0.3)
+    clip_plan = plan(index.records[0], 5, 0, 11, sampling, config.augment())
+    starts = [c.start_seconds for c in clip_plan.clips]
+    assert max(starts) - min(starts) <= 0.3
+    assert min(starts) + 0.3 <= clip_plan.duration_seconds - clip_plan.clip_duration_seconds  # so the window opens at the earliest start
+    sheet = np.asarray(render_contact_sheet(clip_plan, execute_plan(index.path_of(0), clip_plan)))
+    width = sheet.shape[1]
+    top = sheet_geometry(3, 4, 32).height_pixels
+    strip = timeline_geometry(clip_plan, width, top)
+    x_of = lambda t: _timeline_x(t, clip_plan.duration_seconds, width)  # noqa: E731
+    window = range(x_of(min(starts)) + 1, x_of(min(starts) + 0.3))  # the earliest start fits: 0.3 s from it
+    for c, clip in enumerate(clip_plan.clips):
+        y = strip.lane_top_pixels(c) + TIMELINE_LANE_HEIGHT_PIXELS // 2
+        covered = range(x_of(clip.start_seconds) - 1, x_of(clip.start_seconds + clip_plan.clip_duration_seconds) + 1)
+        shaded = [x for x in window if x not in covered]
+        assert all(tuple(sheet[y, x]) == T_MAX_WINDOW for x in shaded)
+        outside = [x for x in _lane_xs(width) if (x < window.start - 1 or x > window.stop) and x not in covered]
+        assert outside and all(tuple(sheet[y, x]) == TIMELINE_TRACK for x in outside)
 
 
 @pytest.mark.parametrize(
@@ -196,6 +277,8 @@ def test_page_is_self_contained(client) -> None:  # noqa: ANN001
     html = response.text
     assert 'id="video-list"' in html and "/v1/videos" in html
     assert "http://" not in html and "https://" not in html and "//cdn" not in html
+    for color in CLIP_COLORS:  # the page's timeline colours its clips as the contact sheet does
+        assert "rgb({},{},{})".format(*color) in html
 
 
 def test_token_protects_every_route_but_healthz(dataset: Path, index) -> None:  # noqa: ANN001

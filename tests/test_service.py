@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipserve.inspect.render import sheet_geometry
+from clipserve.inspect.render import sheet_geometry, timeline_geometry
 from clipserve.datasets.index import build_index
 from clipserve.executors.pool import BatchProducer
 from clipserve.executors.pyav import execute_plan
@@ -220,7 +220,9 @@ def test_rest_over_http_plan_png_and_4xx(service, config, index) -> None:  # noq
     png = service.get("/v1/videos/1/clips.png", params={"epoch": 4})
     image = Image.open(io.BytesIO(png.content))
     geometry = sheet_geometry(config.num_clips, config.frames_per_clip, config.crop_size_pixels)
-    assert image.format == "PNG" and image.size == (geometry.width_pixels, geometry.height_pixels)
+    strip = timeline_geometry(plan(index.records[1], 4, 1, config.seed, config.sampling(), config.augment()),
+                              geometry.width_pixels, geometry.height_pixels)  # the rows, then the timeline
+    assert image.format == "PNG" and image.size == (geometry.width_pixels, geometry.height_pixels + strip.height_pixels)
     assert geometry.num_rows == config.num_clips
     for path, status in (("/v1/videos/-1", 422), ("/v1/videos/6", 404), ("/v1/videos?limit=5000", 422),
                          ("/v1/videos/0/plan?epoch=one", 422), ("/v1/videos/..%2F..%2Fetc%2Fpasswd", 404)):
@@ -239,7 +241,7 @@ def _chromium_dom(url: str, profile_parent: Path) -> str:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (CI's .ci/run installs it)")
-def test_page_lists_videos_and_shows_a_plan_in_headless_chromium(service, index, tmp_path: Path) -> None:  # noqa: ANN001
+def test_page_lists_videos_and_shows_a_plan_in_headless_chromium(service, config, index, tmp_path: Path) -> None:  # noqa: ANN001
     # the page's script runs: it fetches /v1/info and /v1/videos, then (from the #fragment)
     # selects video 1 at epoch 4 and loads its plan, record and contact sheet
     dom = _chromium_dom(service.url + "/#video=1&epoch=4", tmp_path)
@@ -251,6 +253,25 @@ def test_page_lists_videos_and_shows_a_plan_in_headless_chromium(service, index,
     assert '"video_index": 1,' in dom and '"epoch": 4,' in dom and '"frame_indices": [' in dom
     sheet = re.search(r'<img id="sheet"[^>]*>', dom).group(0)
     assert 'src="/v1/videos/1/clips.png?epoch=4' in sheet and "hidden" not in sheet  # the PNG loaded
+    # the timeline, drawn from the plan JSON: each clip's [start, end) placed on the video's duration
+    clip_plan = plan(index.records[1], 4, 1, config.seed, config.sampling(), config.augment())
+    duration, clip_seconds = clip_plan.duration_seconds, clip_plan.clip_duration_seconds
+    timeline = re.search(r'<div id="timeline"[^>]*>', dom).group(0)
+    assert "hidden" not in timeline and float(re.search(r'data-duration-seconds="([^"]+)"', timeline).group(1)) == pytest.approx(duration)
+    assert "timeline: video " + f"{duration:.2f} s" in dom and "t_max global" in dom
+    attributes = lambda tag: dict(re.findall(r'([\w-]+)="([^"]*)"', tag))  # noqa: E731
+    percent = lambda style, key: float(re.search(key + r": ([\d.]+)%", style).group(1))  # noqa: E731
+    intervals = [attributes(tag) for tag in re.findall(r'<div class="clip-interval"[^>]*>', dom)]
+    assert [int(a["data-clip"]) for a in intervals] == list(range(config.num_clips))
+    for a, clip in zip(intervals, clip_plan.clips):
+        assert float(a["data-start-seconds"]) == pytest.approx(clip.start_seconds)
+        assert float(a["data-end-seconds"]) == pytest.approx(clip.start_seconds + clip_seconds)
+        assert percent(a["style"], "left") == pytest.approx(100 * clip.start_seconds / duration, abs=2e-3)
+        assert percent(a["style"], "width") == pytest.approx(100 * min(clip_seconds, duration - clip.start_seconds) / duration, abs=4e-3)
+    windows = [attributes(tag) for tag in re.findall(r'<div class="tmax-window"[^>]*>', dom)]
+    assert len(windows) == config.num_clips  # one per lane; global sampling: every possible start
+    assert all(float(w["data-start-seconds"]) == 0 and float(w["data-end-seconds"]) == pytest.approx(duration - clip_seconds)
+               for w in windows)
 
 
 @pytest.mark.slow

@@ -96,8 +96,50 @@ def test_byol_loss_is_minus_two_for_identical_directions():
     assert float(NegativeCosineLoss()(p, z)) == pytest.approx(-2.0)
 
 
+def test_byol_mean_is_half_the_byol_papers_gradient_and_sum_equals_it():
+    """BYOL paper: L = (2 − 2cos(p₀, z₁)) + (2 − 2cos(p₁, z₀)), batch-averaged. For ρ = 2 our 'sum'
+    is that minus 4 (same gradient); 'mean' (the ρ paper) is half of it."""
+    g = torch.Generator().manual_seed(5)
+    p0 = torch.randn(2, 6, 5, generator=g, dtype=torch.float64)
+    z = torch.randn(2, 6, 5, generator=g, dtype=torch.float64)
+    cos = lambda a, b: F.cosine_similarity(a, b, dim=1).mean()  # noqa: E731
+    grads = {}
+    for name, fn in [("paper", lambda p: (2 - 2 * cos(p[0], z[1])) + (2 - 2 * cos(p[1], z[0]))),
+                     ("mean", NegativeCosineLoss("mean")), ("sum", NegativeCosineLoss("sum"))]:
+        p = p0.clone().requires_grad_(True)
+        loss = fn(p, z) if name != "paper" else fn(p)
+        loss.backward()
+        grads[name] = (float(loss.detach()), p.grad)
+    assert grads["sum"][0] == pytest.approx(grads["paper"][0] - 4.0, rel=1e-12)
+    torch.testing.assert_close(grads["sum"][1], grads["paper"][1])
+    torch.testing.assert_close(grads["mean"][1], 0.5 * grads["paper"][1])
+
+
 # ----------------------------------------------------------------------------- SimCLR
-def ntxent_reference(z, t):
+def ntxent_eq1_reference(z, t):
+    """Per clip-index mean loss for z (P, B, D) normalised, the paper's eq. (1): each anchor's ONE
+    numerator sums exp(sim/t) over its P−1 positives; the denominator is every other clip."""
+    p_, b, _ = z.shape
+    per_clip = []
+    for i in range(p_):
+        total = 0.0
+        for n in range(b):
+            numerator = 0.0
+            denominator = 0.0
+            for j in range(p_):
+                for m in range(b):
+                    if (j, m) == (i, n):
+                        continue
+                    e = math.exp(_dot(z[i, n], z[j, m]) / t)
+                    denominator += e
+                    if m == n:
+                        numerator += e
+            total += -math.log(numerator / denominator)
+        per_clip.append(total / b)
+    return per_clip
+
+
+def ntxent_supcon_reference(z, t):
     """Per clip-index mean loss for z (P, B, D) normalised: each anchor averages -log p(positive)."""
     p_, b, _ = z.shape
     items = [(i, n) for i in range(p_) for n in range(b)]
@@ -114,18 +156,37 @@ def ntxent_reference(z, t):
 
 @pytest.mark.parametrize("rho", RHOS)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_simclr_all_pairs_matches_reference(rho, reduction):
+def test_simclr_default_is_the_papers_eq1(rho, reduction):
     z = _unit(rho, 5, 6, seed=rho)
-    got = NTXentLoss(0.1, "all", reduction)(z * 2.5)  # the loss normalises itself
-    assert float(got) == pytest.approx(_reduce(ntxent_reference(z, 0.1), reduction), rel=1e-9)
+    got = NTXentLoss(0.1, "all", reduction)(z * 2.5)  # the default; the loss normalises itself
+    assert float(got) == pytest.approx(_reduce(ntxent_eq1_reference(z, 0.1), reduction), rel=1e-9)
 
 
 @pytest.mark.parametrize("rho", RHOS)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_simclr_consecutive_pairs_matches_reference(rho, reduction):
+def test_simclr_supcon_option_matches_reference(rho, reduction):
+    z = _unit(rho, 5, 6, seed=rho)
+    got = NTXentLoss(0.1, "all", reduction, positives="supcon")(z * 2.5)
+    assert float(got) == pytest.approx(_reduce(ntxent_supcon_reference(z, 0.1), reduction), rel=1e-9)
+
+
+def test_simclr_positive_forms_agree_for_two_clips_and_eq1_is_lower_for_more():
+    z = _unit(2, 6, 8, seed=4)
+    assert float(NTXentLoss(positives="eq1")(z)) == pytest.approx(float(NTXentLoss(positives="supcon")(z)), rel=1e-12)
+    for rho in (3, 4):
+        z = _unit(rho, 6, 8, seed=4)
+        eq1, supcon = float(NTXentLoss(positives="eq1")(z)), float(NTXentLoss(positives="supcon")(z))
+        # −log Σ_j p_j ≤ −mean_j log p_j, with equality only if all but one p_j vanish
+        assert eq1 < supcon - 0.1
+
+
+@pytest.mark.parametrize("rho", RHOS)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("positives", ["eq1", "supcon"])
+def test_simclr_consecutive_pairs_matches_reference(rho, reduction, positives):
     z = _unit(rho, 4, 6, seed=7 + rho)
-    pairs = [sum(ntxent_reference(z[i : i + 2], 0.2)) / 2 for i in range(rho - 1)]
-    got = NTXentLoss(0.2, "consecutive", reduction)(z)
+    pairs = [sum(ntxent_eq1_reference(z[i : i + 2], 0.2)) / 2 for i in range(rho - 1)]
+    got = NTXentLoss(0.2, "consecutive", reduction, positives=positives)(z)  # one positive per pair: forms agree
     assert float(got) == pytest.approx(_reduce(pairs, reduction), rel=1e-9)
 
 
@@ -212,7 +273,8 @@ def test_swav_loss_with_queue_matches_reference():
 
 @pytest.mark.parametrize(
     "make", [lambda: InfoNCEQueueLoss(temperature=0.0), lambda: NTXentLoss(temperature=-1.0), lambda: SwaVLoss(temperature=0.0),
-             lambda: InfoNCEQueueLoss(positives="some"), lambda: NTXentLoss(pairs="odd"), lambda: NegativeCosineLoss("max")],
+             lambda: InfoNCEQueueLoss(positives="some"), lambda: NTXentLoss(pairs="odd"), lambda: NTXentLoss(positives="mean"),
+             lambda: NegativeCosineLoss("max")],
 )
 def test_losses_reject_bad_settings(make):
     with pytest.raises(ValueError):

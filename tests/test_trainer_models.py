@@ -183,6 +183,16 @@ def test_config_rejects_bad_flags(argv, message):
     assert message in str(err.value)
 
 
+def test_simclr_positive_form_flag_reaches_the_loss():
+    from trainer.objectives import build_objective
+
+    assert parse_args(["--objective", "simclr"]).simclr_positives == "eq1"  # the paper's eq. (1) by default
+    config = parse_args(["--objective", "simclr", "--profile", "cpu", "--simclr-positives", "supcon"])
+    assert build_objective(config, num_clips=3).criterion.positives == "supcon"
+    with pytest.raises(ConfigError, match="--simclr-positives must be one of eq1, supcon; got 'mean'"):
+        parse_args(["--objective", "simclr", "--simclr-positives", "mean"])
+
+
 def test_make_config_checks_types():
     with pytest.raises(ConfigError, match="expects int"):
         make_config("moco", max_steps=2.5)

@@ -72,6 +72,8 @@ class TrainConfig:
     moco_positives: str = Field("eq1", description="eq1 (paper: all positives in one numerator) | per_positive (PySlowFast)")
     moco_shuffle_bn: bool = Field(True, description="shuffle keys across ranks for the momentum encoder's BN")
     simclr_pairs: str = Field("all", description="all ρ(ρ−1) ordered pairs (paper) | consecutive (PySlowFast SEQUENTIAL)")
+    simclr_positives: str = Field(
+        "eq1", description="eq1 (paper: all positives in one numerator) | supcon (each positive's log-prob averaged)")
     swav_num_prototypes: int = Field(1000, description="SwAV prototypes (count)")
     swav_epsilon: float = Field(0.05, description="Sinkhorn regularisation")
     swav_sinkhorn_iterations: int = Field(3, description="Sinkhorn-Knopp iterations")
@@ -103,6 +105,7 @@ class TrainConfig:
             "loss_reduction": ("mean", "sum"),
             "moco_positives": ("eq1", "per_positive"),
             "simclr_pairs": ("all", "consecutive"),
+            "simclr_positives": ("eq1", "supcon"),
             "device": ("auto", "cpu", "cuda"),
             "mixed_precision": ("none", "bf16", "fp16"),
         }

@@ -11,6 +11,15 @@ Layout of a sheet for clips ``(ρ, C, T, S, S)``::
 
 Each frame is scaled up by an integer factor (nearest neighbour) so tiny crops stay visible;
 ``sheet_geometry`` gives the pixel position of every cell so tests can compare them to the clips.
+
+Below the rows, a timeline strip (``timeline_geometry``) shows where the ρ clips sit in the video::
+
+    | timeline | video 10.00 s | 2 clips of 2.13 s | starts span 2.10 s                     |
+    | t_max 3.00 s: every clip starts in 1.20-4.20 s (shaded)                              |
+    |  video   [==================================================================]       |
+    |  clip 0  [        ####                   :                  ]                       |
+    |  clip 1  [                      ####     :                  ]  <- [start, end) per clip,
+    |          0 s     2 s     4 s     6 s     8 s     10 s          shaded: the t_max window
 """
 
 from __future__ import annotations
@@ -110,7 +119,8 @@ def render_contact_sheet(plan: ClipPlan, clips: np.ndarray) -> Image.Image:
         clips: ``(ρ, C, T, S, S)`` uint8, C = 3 (RGB), as ``execute_plan`` returns.
 
     Returns:
-        An RGB image; see ``sheet_geometry`` for where each frame is.
+        An RGB image: the rows (see ``sheet_geometry`` for where each frame is), then the
+        timeline strip (see ``timeline_geometry``) from ``sheet_geometry(...).height_pixels`` down.
     """
     if clips.dtype != np.uint8 or clips.ndim != 5 or clips.shape[1] != 3 or clips.shape[3] != clips.shape[4]:
         raise ValueError(f"clips must be uint8 (ρ, 3, T, S, S); got {clips.dtype} {tuple(clips.shape)}")
@@ -134,7 +144,170 @@ def render_contact_sheet(plan: ClipPlan, clips: np.ndarray) -> Image.Image:
             if t < len(spec.timestamps_seconds):
                 caption = f"{spec.timestamps_seconds[t]:.2f}s"
                 draw.text((left, top + geometry.cell_size_pixels + 1), caption, fill=MUTED, font=font)
-    return sheet
+    return append_timeline(sheet, plan)
+
+
+# ----------------------------------------------------------------------------- timeline strip
+TIMELINE_TITLE_HEIGHT_PIXELS = 34
+TIMELINE_LABEL_WIDTH_PIXELS = 48
+TIMELINE_VIDEO_BAR_HEIGHT_PIXELS = 8
+TIMELINE_LANE_HEIGHT_PIXELS = 12
+TIMELINE_LANE_GAP_PIXELS = 4
+TIMELINE_AXIS_HEIGHT_PIXELS = 16
+VIDEO_BAR = (96, 96, 108)
+TIMELINE_TRACK = (40, 40, 48)
+T_MAX_WINDOW = (62, 58, 30)
+T_MAX_EDGE = (190, 170, 80)
+CLIP_COLORS = ((86, 180, 233), (230, 159, 0), (0, 158, 115), (240, 228, 66),
+               (0, 114, 178), (213, 94, 0), (204, 121, 167), (220, 220, 220))
+"""Okabe-Ito colours, one per clip (cycled past 8 clips); the page uses the same list."""
+
+
+def clip_color(clip_index: int) -> tuple[int, int, int]:
+    """RGB colour of clip ``clip_index`` on the timeline (the page draws the same)."""
+    return CLIP_COLORS[clip_index % len(CLIP_COLORS)]
+
+
+def timeline_duration_seconds(plan: ClipPlan) -> float:
+    """Length of the drawn timeline: the plan's ``duration_seconds``, else (hand-built plans) the
+    end of the last clip."""
+    if plan.duration_seconds is not None and plan.duration_seconds > 0:
+        return plan.duration_seconds
+    return max([c.start_seconds + plan.clip_duration_seconds for c in plan.clips] + [1e-3])
+
+
+def clip_interval_seconds(plan: ClipPlan, clip_index: int) -> tuple[float, float]:
+    """``[start, end)`` of clip ``clip_index`` in seconds: its start plus T·τ/target_fps."""
+    start = plan.clips[clip_index].start_seconds
+    return start, start + plan.clip_duration_seconds
+
+
+def t_max_window_seconds(plan: ClipPlan) -> tuple[float, float]:
+    """``[a, a + t_max]``, a window of width t_max (``sampling.max_span_seconds``) holding every clip
+    start: from the earliest start, moved left if it would pass the last possible start.
+    Global sampling (t_max None): every possible start, ``[0, duration − clip duration]``."""
+    last_start = max(0.0, timeline_duration_seconds(plan) - plan.clip_duration_seconds)
+    t_max = plan.sampling.max_span_seconds
+    if t_max is None:
+        return 0.0, last_start
+    earliest = min(c.start_seconds for c in plan.clips)
+    left = max(0.0, min(earliest, last_start - t_max))
+    return left, left + t_max
+
+
+@dataclass(frozen=True)
+class TimelineGeometry:
+    """Pixel geometry of the timeline strip (all values in pixels, in the image it is drawn on)."""
+
+    top_pixels: int
+    width_pixels: int
+    num_clips: int
+    duration_seconds: float
+
+    @property
+    def bar_left_pixels(self) -> int:
+        """x of time 0."""
+        return MARGIN_PIXELS + TIMELINE_LABEL_WIDTH_PIXELS
+
+    @property
+    def bar_right_pixels(self) -> int:
+        """x of the end of the video (``duration_seconds``)."""
+        return self.width_pixels - MARGIN_PIXELS - 1
+
+    @property
+    def video_bar_top_pixels(self) -> int:
+        return self.top_pixels + TIMELINE_TITLE_HEIGHT_PIXELS
+
+    def lane_top_pixels(self, clip_index: int) -> int:
+        """Top of clip ``clip_index``'s lane (lanes are ``TIMELINE_LANE_HEIGHT_PIXELS`` high)."""
+        first = self.video_bar_top_pixels + TIMELINE_VIDEO_BAR_HEIGHT_PIXELS + TIMELINE_LANE_GAP_PIXELS
+        return first + clip_index * (TIMELINE_LANE_HEIGHT_PIXELS + TIMELINE_LANE_GAP_PIXELS)
+
+    @property
+    def lanes_bottom_pixels(self) -> int:
+        return self.lane_top_pixels(self.num_clips - 1) + TIMELINE_LANE_HEIGHT_PIXELS
+
+    @property
+    def height_pixels(self) -> int:
+        return self.lanes_bottom_pixels + TIMELINE_AXIS_HEIGHT_PIXELS + MARGIN_PIXELS - self.top_pixels
+
+    def x_of(self, seconds: float) -> int:
+        """x of time ``seconds`` (clamped to the video)."""
+        fraction = min(max(seconds / self.duration_seconds, 0.0), 1.0)
+        return self.bar_left_pixels + round(fraction * (self.bar_right_pixels - self.bar_left_pixels))
+
+
+def timeline_geometry(plan: ClipPlan, width_pixels: int, top_pixels: int) -> TimelineGeometry:
+    """Geometry of the strip for ``plan`` drawn ``width_pixels`` wide from y = ``top_pixels``."""
+    return TimelineGeometry(top_pixels, width_pixels, len(plan.clips), timeline_duration_seconds(plan))
+
+
+def _tick_step_seconds(duration_seconds: float) -> float:
+    for step in (0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600):
+        if duration_seconds / step <= 8:
+            return float(step)
+    return duration_seconds / 8
+
+
+def describe_timeline(plan: ClipPlan) -> tuple[str, str]:
+    """The strip's two title lines (ASCII): video and clip lengths, then t_max and its window."""
+    duration = timeline_duration_seconds(plan)
+    left, right = t_max_window_seconds(plan)
+    starts = [c.start_seconds for c in plan.clips]
+    t_max = plan.sampling.max_span_seconds
+    first = (f"timeline | video {duration:.2f} s | {len(plan.clips)} clips of {plan.clip_duration_seconds:.2f} s"
+             f" | starts span {max(starts) - min(starts):.2f} s")
+    if t_max is None:
+        second = f"t_max global: a clip may start anywhere in 0.00-{right:.2f} s (shaded)"
+    else:
+        second = f"t_max {t_max:.2f} s: every clip starts in {left:.2f}-{right:.2f} s (shaded)"
+    return first, second
+
+
+def draw_timeline(image: Image.Image, plan: ClipPlan, geometry: TimelineGeometry) -> None:
+    """Draw the strip of ``geometry`` on ``image``: the video bar, the t_max window (shaded, edges
+    marked), one lane per clip with its [start, end) interval filled in its colour, a time axis."""
+    draw = ImageDraw.Draw(image)
+    font = _font()
+    g = geometry
+    first, second = describe_timeline(plan)
+    draw.text((MARGIN_PIXELS, g.top_pixels + 3), first, fill=TEXT, font=font)
+    draw.text((MARGIN_PIXELS, g.top_pixels + 17), second, fill=T_MAX_EDGE, font=font)
+    left, right = g.bar_left_pixels, g.bar_right_pixels
+    bar_top = g.video_bar_top_pixels
+    draw.text((MARGIN_PIXELS, bar_top - 3), "video", fill=MUTED, font=font)
+    for c in range(len(plan.clips)):  # the lanes' tracks, then the window over them, then the clips
+        top = g.lane_top_pixels(c)
+        draw.rectangle((left, top, right, top + TIMELINE_LANE_HEIGHT_PIXELS - 1), fill=TIMELINE_TRACK)
+        draw.text((MARGIN_PIXELS, top - 1), f"clip {plan.clips[c].clip_index}", fill=clip_color(c), font=font)
+    w_left, w_right = (g.x_of(t) for t in t_max_window_seconds(plan))
+    lanes_top, lanes_bottom = g.lane_top_pixels(0), g.lanes_bottom_pixels - 1
+    if w_right > w_left:
+        draw.rectangle((w_left, lanes_top, w_right, lanes_bottom), fill=T_MAX_WINDOW)
+    draw.rectangle((left, bar_top, right, bar_top + TIMELINE_VIDEO_BAR_HEIGHT_PIXELS - 1), fill=VIDEO_BAR)
+    for x in (w_left, w_right):  # the window's edges (t_max = 0: one line), under the clips
+        draw.line((x, bar_top - 2, x, lanes_bottom + 2), fill=T_MAX_EDGE, width=1)
+    for c in range(len(plan.clips)):
+        start, end = clip_interval_seconds(plan, c)
+        x0, x1 = g.x_of(start), max(g.x_of(end) - 1, g.x_of(start))  # half-open [start, end)
+        top = g.lane_top_pixels(c)
+        draw.rectangle((x0, top, x1, top + TIMELINE_LANE_HEIGHT_PIXELS - 1), fill=clip_color(c))
+    step = _tick_step_seconds(g.duration_seconds)
+    axis_top = g.lanes_bottom_pixels + 2
+    ticks = [k * step for k in range(int(g.duration_seconds / step + 1e-9) + 1)]
+    for t in ticks:
+        x = g.x_of(t)
+        draw.line((x, axis_top, x, axis_top + 3), fill=MUTED)
+        draw.text((min(x, right - 30), axis_top + 3), f"{t:g} s", fill=MUTED, font=font)
+
+
+def append_timeline(sheet: Image.Image, plan: ClipPlan) -> Image.Image:
+    """``sheet`` with the plan's timeline strip added below it (a new, taller image)."""
+    geometry = timeline_geometry(plan, sheet.width, sheet.height)
+    out = Image.new("RGB", (sheet.width, sheet.height + geometry.height_pixels), BACKGROUND)
+    out.paste(sheet, (0, 0))
+    draw_timeline(out, plan, geometry)
+    return out
 
 
 def encode_png(image: Image.Image) -> bytes:

@@ -43,6 +43,7 @@ def build_objective(config: TrainConfig, num_clips: int = 2) -> Objective:
         return SimCLR(
             backbone, feature_dim, hidden_dim=c.mlp_hidden_dim, output_dim=c.output_dim, num_layers=c.mlp_num_layers,
             mlp_batch_norm=c.mlp_batch_norm, temperature=c.temperature, pairs=c.simclr_pairs, reduction=c.loss_reduction,
+            positives=c.simclr_positives,
         )
     if c.objective == "swav":
         return SwaV(

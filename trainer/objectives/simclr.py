@@ -18,27 +18,46 @@ from trainer.objectives.base import Objective, check_clips, check_reduction, che
 
 class NTXentLoss(nn.Module):
     """Multi-positive NT-Xent. For anchor clip i of video n, over all N = ρ·W·B clips of the global
-    batch (gathered across ranks with gradient), self-similarity excluded:
+    batch (gathered across ranks with gradient), self-similarity excluded.
+
+    ``positives='eq1'`` (the default; the paper's eq. 1, the form ρMoCo's default uses) puts all
+    ρ−1 positives in one numerator, over a denominator of every other clip of the batch (the
+    positives included):
+
+    .. math::
+        \\ell_{i,n} = -\\log \\frac{\\sum_{j \\ne i} e^{z_{i,n} \\cdot z_{j,n} / \\alpha}}
+        {\\sum_{(j',m) \\ne (i,n)} e^{z_{i,n} \\cdot z_{j',m} / \\alpha}}
+
+    ``positives='supcon'`` averages each positive's log-probability over the same denominator
+    (SupCon's L_out form, https://arxiv.org/abs/2004.11362, eq. 2):
 
     .. math::
         \\ell_{i,n} = -\\frac{1}{\\rho-1} \\sum_{j \\ne i} \\log
         \\frac{e^{z_{i,n} \\cdot z_{j,n} / \\alpha}}{\\sum_{(j',m) \\ne (i,n)} e^{z_{i,n} \\cdot z_{j',m} / \\alpha}}
 
-    For ρ = 2 this is SimCLR's NT-Xent. ``pairs='consecutive'`` is PySlowFast's ``SEQUENTIAL``
-    variant: ordinary two-clip NT-Xent on the pairs (0,1), (1,2), …, (ρ−2, ρ−1) (ρ−1 of the
-    ρ(ρ−1)/2 pairs), combined by ``reduction`` (PySlowFast sums them). With ``pairs='all'`` the
-    per-clip-index losses (averaged over anchors) are averaged ('mean', paper) or summed over ρ.
-    Each rank's loss covers its own anchors; DDP's averaging then gives the global-batch gradient.
+    The two are equal for ρ = 2 (one positive); for ρ > 2 eq. 1 is never the larger
+    (−log Σ_j p_j ≤ −log max_j p_j ≤ −mean_j log p_j). For ρ = 2 this is SimCLR's NT-Xent. ``pairs='consecutive'`` is PySlowFast's
+    ``SEQUENTIAL`` variant: ordinary two-clip NT-Xent on the pairs (0,1), (1,2), …, (ρ−2, ρ−1)
+    (ρ−1 of the ρ(ρ−1)/2 pairs; one positive each, so ``positives`` does not matter), combined by
+    ``reduction`` (PySlowFast sums them). With ``pairs='all'`` the per-clip-index losses (averaged
+    over anchors) are averaged ('mean', paper) or summed over ρ. Each rank's loss covers its own
+    anchors; DDP's averaging then gives the global-batch gradient.
 
     Shapes: ``z`` (ρ, B, D), this rank's embeddings (normalised here).
     """
 
-    def __init__(self, temperature: float = 0.1, pairs: str = "all", reduction: str = "mean", gather_distributed: bool = True) -> None:
+    def __init__(
+        self, temperature: float = 0.1, pairs: str = "all", reduction: str = "mean", gather_distributed: bool = True,
+        positives: str = "eq1",
+    ) -> None:
         super().__init__()
         if pairs not in ("all", "consecutive"):
             raise ValueError(f"pairs must be 'all' (paper) or 'consecutive' (PySlowFast), got {pairs!r}")
+        if positives not in ("eq1", "supcon"):
+            raise ValueError(f"positives must be 'eq1' (paper, eq. 1) or 'supcon' (each positive's log-probability averaged), got {positives!r}")
         self.temperature = check_temperature(temperature)
         self.pairs = pairs
+        self.positives = positives
         self.reduction = check_reduction(reduction)
         self.gather_distributed = gather_distributed
 
@@ -65,8 +84,11 @@ class NTXentLoss(nn.Module):
         logits = logits.masked_fill(is_self, float("-inf"))
         log_prob = logits.reshape(p, b, p * n).log_softmax(dim=2).reshape(p, b, p, n)
         same_video = torch.diagonal(log_prob[:, :, :, offset : offset + b], dim1=1, dim2=3)  # (P, P, B): [i, j, b]
-        off_diagonal = ~torch.eye(p, dtype=torch.bool, device=z.device)
-        per_anchor = -(same_video.masked_fill(~off_diagonal[:, :, None], 0.0)).sum(dim=1) / (p - 1)  # (P, B)
+        off_diagonal = ~torch.eye(p, dtype=torch.bool, device=z.device)[:, :, None]  # (P, P, 1): j ≠ i
+        if self.positives == "eq1":  # −log(Σ_j≠i p_ij): one numerator over all positives
+            per_anchor = -torch.logsumexp(same_video.masked_fill(~off_diagonal, float("-inf")), dim=1)  # (P, B)
+        else:  # −(1/(P−1)) Σ_j≠i log p_ij
+            per_anchor = -(same_video.masked_fill(~off_diagonal, 0.0)).sum(dim=1) / (p - 1)  # (P, B)
         return per_anchor.mean(dim=1)  # (P,)
 
 
@@ -77,12 +99,12 @@ class SimCLR(Objective):
     def __init__(
         self, backbone: nn.Module, feature_dim: int, *, hidden_dim: int = 2048, output_dim: int = 128,
         num_layers: int = 3, mlp_batch_norm: bool = True, temperature: float = 0.1, pairs: str = "all",
-        reduction: str = "mean",
+        reduction: str = "mean", positives: str = "eq1",
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.projection = SimCLRProjectionHead(feature_dim, hidden_dim, output_dim, num_layers, mlp_batch_norm)
-        self.criterion = NTXentLoss(temperature, pairs, reduction)
+        self.criterion = NTXentLoss(temperature, pairs, reduction, positives=positives)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_clips(x)

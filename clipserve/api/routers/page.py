@@ -3,6 +3,9 @@
 No external resources (no CDN, no fonts): the page talks only to this service's own JSON API.
 When the service has a token, open the page as ``/?token=...``; the page sends it along.
 ``/#video=N&epoch=E`` opens video N's plan and contact sheet directly (links are shareable).
+Above the contact sheet, a timeline drawn from the plan JSON alone (``duration_seconds``,
+``clip_duration_seconds``, each clip's ``start_seconds`` and ``sampling.max_span_seconds``) shows
+where the ρ clips sit in the video and the t_max window their starts must share.
 """
 
 from __future__ import annotations
@@ -38,6 +41,19 @@ INDEX_HTML = """<!doctype html>
   #sheet { display: block; margin: 12px 0; max-width: 100%; image-rendering: pixelated; }
   pre { background: #0e0e12; padding: 10px; overflow: auto; max-height: 50vh; font-size: 12px; }
   .error { color: #ff8080; }
+  #timeline { margin: 12px 0 4px; max-width: 900px; }
+  #timeline-title { color: #e6e6e6; }
+  #timeline-tmax { color: #beaa50; font-size: 12px; margin-bottom: 4px; }
+  .tl-row { display: flex; align-items: center; margin: 3px 0; }
+  .tl-label { width: 56px; flex: none; font-size: 12px; color: #999; }
+  .tl-track { position: relative; flex: 1; height: 12px; background: #28282f; }
+  .tl-video { height: 8px; background: #60606c; }
+  .tl-axis { position: relative; flex: 1; height: 16px; font-size: 11px; color: #999; }
+  .tl-tick { position: absolute; top: 0; border-left: 1px solid #777; height: 4px; }
+  .tl-tick span { position: absolute; top: 3px; left: -3px; white-space: nowrap; }
+  .tmax-window { position: absolute; top: -2px; bottom: -2px; background: #3e3a1e;
+                 border-left: 1px solid #beaa50; border-right: 1px solid #beaa50; box-sizing: border-box; min-width: 2px; }
+  .clip-interval { position: absolute; top: 0; bottom: 0; min-width: 2px; }
 </style>
 </head>
 <body>
@@ -56,6 +72,13 @@ INDEX_HTML = """<!doctype html>
       <label>seed <input id="seed" type="number" min="0"></label>
       <button id="show" type="button">show</button>
       <span id="status"></span>
+    </div>
+    <div id="timeline" hidden>
+      <div id="timeline-title"></div>
+      <div id="timeline-tmax"></div>
+      <div class="tl-row"><span class="tl-label">video</span><div class="tl-track tl-video" id="timeline-video"></div></div>
+      <div id="timeline-lanes"></div>
+      <div class="tl-row"><span class="tl-label"></span><div class="tl-axis" id="timeline-axis"></div></div>
     </div>
     <img id="sheet" alt="contact sheet: one row per clip" hidden>
     <h3>plan</h3>
@@ -134,6 +157,87 @@ async function select(index) {
   }
   await show();
 }
+// One colour per clip, as the contact sheet's timeline (clipserve/api/render.py CLIP_COLORS).
+const CLIP_COLORS = ["rgb(86,180,233)", "rgb(230,159,0)", "rgb(0,158,115)", "rgb(240,228,66)",
+                     "rgb(0,114,178)", "rgb(213,94,0)", "rgb(204,121,167)", "rgb(220,220,220)"];
+function timelineDuration(plan) {
+  if (plan.duration_seconds > 0) return plan.duration_seconds;
+  return Math.max(1e-3, ...plan.clips.map(c => c.start_seconds + plan.clip_duration_seconds));
+}
+function tMaxWindow(plan, duration) {
+  // [a, a + t_max] holding every clip start (from the earliest, moved left if it passes the last
+  // possible start); global sampling: every possible start. Same rule as the contact sheet.
+  const lastStart = Math.max(0, duration - plan.clip_duration_seconds);
+  const tMax = plan.sampling.max_span_seconds;
+  if (tMax === null || tMax === undefined) return [0, lastStart];
+  const earliest = Math.min(...plan.clips.map(c => c.start_seconds));
+  const left = Math.max(0, Math.min(earliest, lastStart - tMax));
+  return [left, left + tMax];
+}
+function tickStep(duration) {
+  for (const step of [0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600]) {
+    if (duration / step <= 8) return step;
+  }
+  return duration / 8;
+}
+function span(className, startSeconds, endSeconds, duration) {
+  const pct = t => 100 * Math.min(Math.max(t / duration, 0), 1);
+  const el = document.createElement("div");
+  el.className = className;
+  el.dataset.startSeconds = startSeconds;
+  el.dataset.endSeconds = endSeconds;
+  el.style.left = pct(startSeconds).toFixed(3) + "%";
+  el.style.width = (pct(endSeconds) - pct(startSeconds)).toFixed(3) + "%";
+  return el;
+}
+function drawTimeline(plan) {
+  const duration = timelineDuration(plan);
+  const [wLeft, wRight] = tMaxWindow(plan, duration);
+  const starts = plan.clips.map(c => c.start_seconds);
+  const tMax = plan.sampling.max_span_seconds;
+  const box = document.getElementById("timeline");
+  box.dataset.durationSeconds = duration;
+  document.getElementById("timeline-title").textContent = "timeline: video " + duration.toFixed(2) + " s · " +
+    plan.clips.length + " clips of " + plan.clip_duration_seconds.toFixed(2) + " s · starts span " +
+    (Math.max(...starts) - Math.min(...starts)).toFixed(2) + " s";
+  document.getElementById("timeline-tmax").textContent = (tMax === null || tMax === undefined)
+    ? "t_max global: a clip may start anywhere in 0.00–" + wRight.toFixed(2) + " s (shaded)"
+    : "t_max " + tMax.toFixed(2) + " s: every clip starts in " + wLeft.toFixed(2) + "–" + wRight.toFixed(2) + " s (shaded)";
+  const lanes = document.getElementById("timeline-lanes");
+  lanes.replaceChildren();
+  plan.clips.forEach((clip, c) => {
+    const row = document.createElement("div");
+    row.className = "tl-row";
+    const label = document.createElement("span");
+    label.className = "tl-label";
+    label.textContent = "clip " + clip.clip_index;
+    label.style.color = CLIP_COLORS[c % CLIP_COLORS.length];
+    const track = document.createElement("div");
+    track.className = "tl-track";
+    track.append(span("tmax-window", wLeft, wRight, duration));
+    const end = clip.start_seconds + plan.clip_duration_seconds;
+    const interval = span("clip-interval", clip.start_seconds, end, duration);
+    interval.dataset.clip = clip.clip_index;
+    interval.style.background = CLIP_COLORS[c % CLIP_COLORS.length];
+    interval.title = "clip " + clip.clip_index + ": [" + clip.start_seconds.toFixed(2) + ", " + end.toFixed(2) + ") s";
+    track.append(interval);
+    row.append(label, track);
+    lanes.append(row);
+  });
+  const axis = document.getElementById("timeline-axis");
+  axis.replaceChildren();
+  const step = tickStep(duration);
+  for (let k = 0; k * step <= duration + 1e-9; k++) {
+    const tick = document.createElement("div");
+    tick.className = "tl-tick";
+    tick.style.left = (100 * k * step / duration).toFixed(3) + "%";
+    const text = document.createElement("span");
+    text.textContent = Number((k * step).toFixed(2)) + " s";
+    tick.append(text);
+    axis.append(tick);
+  }
+  box.hidden = false;
+}
 async function show() {
   if (selected === null) return;
   const epoch = document.getElementById("epoch").value || "0";
@@ -148,6 +252,7 @@ async function show() {
     ]);
     document.getElementById("title").textContent = "video " + selected + ": " + record.record.relative_path;
     document.getElementById("plan").textContent = JSON.stringify(plan, null, 1);
+    drawTimeline(plan);
     const rec = Object.assign({}, record.record);
     if (rec.frame_timestamps_seconds && rec.frame_timestamps_seconds.length > 12) {
       rec.frame_timestamps_seconds = rec.frame_timestamps_seconds.slice(0, 12).concat(["…"]);
