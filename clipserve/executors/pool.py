@@ -50,7 +50,7 @@ from clipserve.datasets.record import VideoRecord
 from clipserve.errors import ClipserveError, ConfigError, DecodeError
 from clipserve.executors.base import PyAVBatchExecutor
 from clipserve.executors.interface import BatchExecutor, VideoExecutor, VideoResult, as_video_executor
-from clipserve.plan import consumer_epoch_length, epoch_order, plan
+from clipserve.plan import epoch_order, plan
 from clipserve.plan_models import ClipPlan
 
 logger = logging.getLogger(__name__)
@@ -166,8 +166,6 @@ class BatchProducer:
                 f"consumer (shard {shard_id}/{num_shards}, rank {rank}/{world_size}) gets no videos: "
                 f"{num_videos} videos < num_shards × world_size"
             )
-        self.videos_per_epoch = consumer_epoch_length(num_videos, num_shards=num_shards, world_size=world_size)
-        """Videos (rows) per epoch for this consumer, padding included."""
         self.steps_per_epoch = steps_per_epoch(num_videos, batch_size=batch_size, num_shards=num_shards,
                                                world_size=world_size)
         """Batches per epoch (the same for every rank of a job)."""
