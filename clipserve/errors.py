@@ -47,9 +47,9 @@ class WorkerCrashError(ClipserveError):
     """The process decoding a video died (signal, exit, out of memory); not a property of the file."""
 
 
-class DecodeTimeoutError(WorkerCrashError, TimeoutError):
-    """Decoding one video took longer than the task timeout; its worker was killed and replaced."""
+class TaskTimeoutError(WorkerCrashError, TimeoutError):
+    """One task (decoding a video, probing a file) ran past its timeout; its worker was killed and replaced."""
 
 
 class ExecutorClosedError(ClipserveError):
-    """The executor was closed (or cannot run) before the video was decoded."""
+    """The executor (or worker pool) was closed, or cannot run, before the task ran."""

@@ -19,7 +19,7 @@ import pytest
 
 from clipserve.config import AugmentConfig, SamplingConfig
 from clipserve.datasets.index import VideoIndex, build_index
-from clipserve.errors import ConfigError, DecodeError, DecodeTimeoutError, WorkerCrashError
+from clipserve.errors import ConfigError, DecodeError, TaskTimeoutError, WorkerCrashError
 from clipserve.executors.interface import BatchedVideoExecutor
 from clipserve.executors.base import PyAVBatchExecutor
 from clipserve.batch import Batch
@@ -247,9 +247,9 @@ def test_a_crashed_worker_is_replaced_and_its_video_failed(dataset: VideoIndex, 
         os.kill(pid, signal.SIGSTOP)  # frozen: whatever it was given, it cannot finish
         futures = [executor.submit(dataset.path_of(v), p) for v, p in zip(videos, plans)]
         deadline = time.monotonic() + 10
-        while not executor._workers[0].outstanding and time.monotonic() < deadline:
+        while not executor.busy_workers() and time.monotonic() < deadline:
             time.sleep(0.01)  # wait until the dispatcher has handed tasks to the frozen worker
-        assert executor._workers[0].outstanding
+        assert executor.busy_workers() == 1
         os.kill(pid, sig)
         if sig != signal.SIGKILL:
             os.kill(pid, signal.SIGCONT)  # deliver the pending signal
@@ -324,7 +324,7 @@ def test_a_hung_worker_is_killed_after_the_task_timeout(dataset: VideoIndex) -> 
         os.kill(pid, signal.SIGSTOP)  # hangs on whatever it gets
         result = executor.submit(dataset.path_of(0), plan(dataset.records[0], 0, 0, 3, SAMPLING, AUGMENT)).result(timeout=30)
         assert result.clips is None and "task timeout" in (result.failure_reason or "")
-        assert isinstance(result.failure, DecodeTimeoutError)
+        assert isinstance(result.failure, TaskTimeoutError)
         assert executor.worker_restarts == 1
         again = executor.submit(dataset.path_of(0), plan(dataset.records[0], 0, 0, 3, SAMPLING, AUGMENT)).result(timeout=30)
         assert again.failure_reason is None and again.clips is not None

@@ -6,7 +6,7 @@ a ``VideoResult`` (never raising for bad input) whose ``failure`` says why a vid
 
 - ``DecodeError``: a property of the file (corrupt, truncated, unsupported); the producer remembers
   it and does not decode that video again;
-- ``WorkerCrashError`` (``DecodeTimeoutError`` for a task that ran past its timeout): the process
+- ``WorkerCrashError`` (``TaskTimeoutError`` for a task that ran past its timeout): the process
   died; tried again next time;
 - ``ExecutorClosedError``: the executor was closed before the video ran.
 
@@ -41,7 +41,7 @@ class VideoResult:
     clips: Any | None
     """``(ρ, C, T, S, S)`` uint8 (NumPy; a CUDA torch tensor on the DALI GPU path), or None on failure."""
     failure: ClipserveError | None
-    """Why the video failed (``DecodeError``, ``WorkerCrashError``, ``DecodeTimeoutError``,
+    """Why the video failed (``DecodeError``, ``WorkerCrashError``, ``TaskTimeoutError``,
     ``ExecutorClosedError``); None on success."""
     decode_seconds: float = 0.0
     """Worker time spent outside augmentation (demux, decode, crop, colour conversion)."""

@@ -24,7 +24,7 @@ deterministic substitute, the next video of this consumer's order for the same e
 around) that decodes, executed with its own plan for this epoch. The batch records a
 ``Substitution`` (failed video, path, reason, substitute), the failure is logged, counted in
 ``stats()``, and remembered: a video that failed with a ``DecodeError`` is not decoded again by
-this producer (``WorkerCrashError``, ``DecodeTimeoutError`` and ``ExecutorClosedError`` are
+this producer (``WorkerCrashError``, ``TaskTimeoutError`` and ``ExecutorClosedError`` are
 retried next time). A batch is never lost; only a consumer whose every video fails raises
 ``DecodeError``.
 """
