@@ -57,7 +57,7 @@ MODE=cpu
 
 echo "== DALI tests (mode $MODE)"
 if "$PY" -c "import pytest" 2>/dev/null; then
-  CLIPSERVE_FAIL_WITHOUT_CUDA=$CUDA timeout 240 "$PY" -m pytest tests/test_dali_executor.py -q -p no:cacheprovider \
+  CLIPSERVE_FAIL_WITHOUT_CUDA=$CUDA timeout 240 "$PY" -m pytest tests/test_dali_executor.py tests/test_colour.py -q -p no:cacheprovider \
     --junitxml="$OUT/dali_tests.xml" 2>&1 | tee "$OUT/dali_tests.txt"
   TESTS_RC=${PIPESTATUS[0]}
 else

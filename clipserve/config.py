@@ -12,7 +12,7 @@ field, echoes the value and states the valid range, e.g.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
@@ -55,6 +55,10 @@ class SamplingConfig(_Frozen):
     """t_max, largest distance between any two clip starts (seconds); unset: global sampling."""
     min_span_seconds: float = 0.0
     """Smallest distance between the earliest and the latest clip start (seconds)."""
+    temporal_sampling: Literal["random", "centre"] = "random"
+    """Clip starts: 'random' (drawn uniformly, as above; training) or 'centre' (no draw: clip c starts at
+    (c + 1/2)/ρ of the start range, so ρ=1 is the centre clip; frozen-feature evaluation,
+    paper-spec §5; the span settings do not apply)."""
 
     @field_validator("num_clips")
     @classmethod

@@ -183,7 +183,7 @@ def plan(video: VideoRecord, epoch: int, video_index: int, seed: int,
     """The ``ClipPlan`` of one video for one epoch: ρ clips of T frame indices and their augmentation.
 
     Clip c starts at ``start_seconds`` (uniform over [0, duration − T·τ/target_fps], subject to the
-    span policy); its frame k is the frame on screen at ``start_seconds + k·τ/target_fps``, found
+    span policy; with ``temporal_sampling='centre'`` at ``(c + 1/2)/ρ`` of that range); its frame k is the frame on screen at ``start_seconds + k·τ/target_fps``, found
     through the video's own timestamps (25, 29.97, 30 fps and VFR alike). Videos shorter than one
     clip start at 0 and repeat their last frame.
     """
@@ -198,8 +198,11 @@ def plan(video: VideoRecord, epoch: int, video_index: int, seed: int,
 
     children = np.random.SeedSequence([seed, epoch, video_index]).spawn(1 + sampling.num_clips)
     time_rng = np.random.default_rng(children[0])
-    starts = sample_clip_starts_seconds(time_rng, sampling.num_clips, start_range_seconds,
-                                        sampling.min_span_seconds, sampling.max_span_seconds)
+    if sampling.temporal_sampling == "centre":
+        starts = [start_range_seconds * (c + 0.5) / sampling.num_clips for c in range(sampling.num_clips)]
+    else:
+        starts = sample_clip_starts_seconds(time_rng, sampling.num_clips, start_range_seconds,
+                                            sampling.min_span_seconds, sampling.max_span_seconds)
     width, height = video.display_width_pixels, video.display_height_pixels
     clips = []
     for c, start in enumerate(starts):

@@ -348,6 +348,7 @@ def build_service_index(config: ServiceConfig, *, progress: bool) -> VideoIndex:
         config.root,
         dataset=config.dataset,
         split=config.split,
+        split_id=config.split_id,
         workers=config.resolved_workers(),
         progress=progress,
         cache_path=config.index_cache_path,

@@ -42,9 +42,10 @@ class ServiceConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
     # dataset
-    dataset: str = Field("k400", description="dataset adapter: k400 or folder")
+    dataset: str = Field("k400", description="dataset adapter: k400, k600, k700, folder, ucf101, hmdb51 or ssv2")
     root: Path = Field(..., description="dataset root directory")
     split: str = Field("train", description="dataset split to serve, e.g. train or val")
+    split_id: int = Field(1, description="official train/test split of ucf101 and hmdb51, 1..3 (1 for the others)")
     index_cache_path: Path | None = Field(
         None, json_schema_extra={"flag": "--index-cache"},
         description="index cache file (SQLite); unset: <root>/.clipserve/ or ~/.cache/clipserve/ (reused across starts)",
@@ -74,6 +75,7 @@ class ServiceConfig(BaseSettings):
     target_fps: float = shared_field(SamplingConfig, "target_fps")
     max_span_seconds: float | None = shared_field(SamplingConfig, "max_span_seconds")
     min_span_seconds: float = shared_field(SamplingConfig, "min_span_seconds")
+    temporal_sampling: Literal["random", "centre"] = shared_field(SamplingConfig, "temporal_sampling")
     # augmentation: AugmentConfig's output size, or its evaluation view
     crop_size_pixels: int = shared_field(AugmentConfig, "crop_size_pixels", flag="--crop-size")
     eval_mode: bool = Field(
@@ -88,6 +90,13 @@ class ServiceConfig(BaseSettings):
     host: str = Field("127.0.0.1", description="address to listen on; non-loopback addresses need --token")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port; the URL is printed when ready)")
     token: str | None = Field(None, description="bearer token required on every route but /healthz (>= 8 characters)")
+
+    @field_validator("split_id")
+    @classmethod
+    def _split_id(cls, v: int) -> int:
+        if not 1 <= v <= 3:
+            raise ValueError(f"split_id ({v}) must be in [1, 3]")
+        return v
 
     @field_validator("token")
     @classmethod
@@ -110,15 +119,8 @@ class ServiceConfig(BaseSettings):
         return self
 
     def sampling(self) -> SamplingConfig:
-        """The planner's sampling config (ρ, T, τ, fps, span)."""
-        return SamplingConfig(
-            num_clips=self.num_clips,
-            frames_per_clip=self.frames_per_clip,
-            frame_stride=self.frame_stride,
-            target_fps=self.target_fps,
-            max_span_seconds=self.max_span_seconds,
-            min_span_seconds=self.min_span_seconds,
-        )
+        """The planner's sampling config (ρ, T, τ, fps, span, temporal sampling): its own fields."""
+        return SamplingConfig(**{name: getattr(self, name) for name in SamplingConfig.model_fields})
 
     def augment(self) -> AugmentConfig:
         """The planner's augmentation config: the paper's aug+ or, with ``eval_mode``, the centre crop."""

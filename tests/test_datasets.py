@@ -41,8 +41,8 @@ def _official(root: Path, clip: Path, *, split_level: bool, underscores: bool = 
 
 
 def test_registry_names_and_unknown() -> None:
-    assert adapter_names() == ["folder", "k400"]
-    with pytest.raises(DatasetError, match=re.escape("unknown dataset 'kinetics'; known datasets: folder, k400")):
+    assert adapter_names() == ["folder", "hmdb51", "k400", "k600", "k700", "ssv2", "ucf101"]
+    with pytest.raises(DatasetError, match=re.escape("unknown dataset 'kinetics'; known datasets: folder, hmdb51, k400, k600")):
         get_adapter("kinetics")
 
 

@@ -3,10 +3,19 @@
     python -m trainer.eval --checkpoint trainer-out/last.pt --server http://127.0.0.1:8001 \
         [--val-server http://127.0.0.1:8002] [--k 20] [--knn-temperature 0.07]
 
+    python -m trainer.eval --checkpoint trainer-out/last.pt --dataset ucf101 --root /data/ucf101 \
+        [--split-id 1] [--train-split train] [--test-split test] [--frames-per-clip 8 --frame-stride 8]
+
 The service should run in evaluation mode (centre crops, no augmentation). One pass over an epoch is
 read from each server (until ``epoch`` changes), ``is_padding`` entries are skipped, and a video's
 feature is the mean of its ρ clips' backbone features. Without ``--val-server`` the one split is
 divided deterministically: videos with ``video_index % 5 == 0`` are the validation set (20%).
+
+With ``--dataset``/``--root`` (transfer evaluation on ucf101, hmdb51, ssv2, k400/600/700 or a class
+folder) it starts one ``clipserve start`` per split itself (``trainer.eval_services``) with the paper's
+protocol: frozen features of one clip per video at the temporal centre, centre crop, no augmentation;
+kNN and the linear probe are fitted on the train split and scored on the test split (ucf101/hmdb51:
+official split ``--split-id``; ssv2: train/validation, its test split has no labels).
 Prints one JSON line.
 """
 
@@ -17,12 +26,15 @@ import dataclasses
 import json
 import sys
 from collections.abc import Iterable
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from trainer.eval_services import DEFAULT_TEST_SPLIT, EvalView, eval_services
 from trainer.utils import normalize_clips
 
 
@@ -120,7 +132,7 @@ def extract_features(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.eval", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="trainer checkpoint (file or directory with last.pt)")
-    parser.add_argument("--server", required=True, help="clipserve URL (eval mode) for the training/memory split, or 'synthetic'")
+    parser.add_argument("--server", default=None, help="clipserve URL (eval mode) for the training/memory split, or 'synthetic'")
     parser.add_argument("--val-server", default=None, help="clipserve URL for the validation split (default: split --server 80/20)")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--knn-temperature", type=float, default=0.07)
@@ -128,7 +140,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-steps", type=int, default=300)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--max-batches", type=int, default=None, help="stop after this many batches per split")
+    transfer = parser.add_argument_group("transfer evaluation (starts the services itself; instead of --server)")
+    transfer.add_argument("--dataset", default=None, help="ucf101, hmdb51, ssv2, k400, k600, k700 or folder")
+    transfer.add_argument("--root", type=Path, default=None, help="dataset root in its official layout")
+    transfer.add_argument("--split-id", type=int, default=1, help="official split of ucf101/hmdb51, 1..3")
+    transfer.add_argument("--train-split", default="train", help="split the kNN memory and the probe are fitted on")
+    transfer.add_argument("--test-split", default=None, help="split scored (default: test; val for ssv2 and Kinetics)")
+    view = EvalView()
+    transfer.add_argument("--frames-per-clip", type=int, default=view.frames_per_clip, help="T, frames per clip")
+    transfer.add_argument("--frame-stride", type=int, default=view.frame_stride, help="τ, frames between sampled frames")
+    transfer.add_argument("--crop-size", type=int, default=view.crop_size_pixels, help="centre crop, pixels")
+    transfer.add_argument("--batch-size", type=int, default=view.batch_size, help="videos per batch")
+    transfer.add_argument("--service-workers", type=int, default=None, help="decode workers per service")
+    transfer.add_argument("--backend", choices=("auto", "pyav", "dali"), default="auto", help="service decoder")
     args = parser.parse_args(argv)
+    if (args.dataset is None) == (args.server is None):
+        parser.error("give either --server (a running eval-mode service) or --dataset and --root")
+    if args.dataset is not None and args.root is None:
+        parser.error("--dataset needs --root")
 
     from trainer.checkpoint import load_checkpoint
     from trainer.config import ConfigError, config_from_dict
@@ -151,12 +180,24 @@ def main(argv: list[str] | None = None) -> int:
                 if hasattr(source, "close"):
                     source.close()
 
-        f_tr, y_tr, v_tr = split(args.server)
-        if args.val_server:
-            f_te, y_te, _ = split(args.val_server)
-        else:
-            is_val = v_tr % 5 == 0
-            f_tr, y_tr, f_te, y_te = f_tr[~is_val], y_tr[~is_val], f_tr[is_val], y_tr[is_val]
+        with ExitStack() as stack:
+            server, val_server = args.server, args.val_server
+            if args.dataset is not None:
+                test_split = args.test_split or DEFAULT_TEST_SPLIT.get(args.dataset, "test")
+                view = EvalView(frames_per_clip=args.frames_per_clip, frame_stride=args.frame_stride,
+                                crop_size_pixels=args.crop_size, batch_size=args.batch_size,
+                                workers=args.service_workers, backend=args.backend)
+                server, val_server = stack.enter_context(
+                    eval_services(args.dataset, args.root, [args.train_split, test_split], args.split_id, view))
+            f_tr, y_tr, v_tr = split(server)
+            if val_server:
+                f_te, y_te, _ = split(val_server)
+            else:
+                is_val = v_tr % 5 == 0
+                f_tr, y_tr, f_te, y_te = f_tr[~is_val], y_tr[~is_val], f_tr[is_val], y_tr[is_val]
+        if int(y_tr.min()) < 0 or int(y_te.min()) < 0:
+            raise ValueError("a split has unlabelled videos (label -1, e.g. ssv2's test split): evaluate on "
+                             "labelled splits (ssv2: --test-split val)")
         result = {
             "knn_top1": knn_accuracy(f_tr, y_tr, f_te, y_te, k=args.k, temperature=args.knn_temperature,
                                      weighting=args.knn_weighting),
@@ -165,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
             "num_train_videos": int(f_tr.shape[0]), "num_val_videos": int(f_te.shape[0]),
             "checkpoint_step": int(ckpt["step"]), "objective": config.objective, "backbone": config.backbone,
         }
-    except (ConfigError, FileNotFoundError, ConnectionError, ValueError) as exc:
+        if args.dataset is not None:
+            result.update(dataset=args.dataset, split_id=args.split_id, train_split=args.train_split,
+                          test_split=args.test_split or DEFAULT_TEST_SPLIT.get(args.dataset, "test"),
+                          protocol="frozen features, 1 centre clip per video, centre crop")
+    except (ConfigError, FileNotFoundError, ConnectionError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result))

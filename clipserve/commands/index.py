@@ -14,6 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="k400", choices=adapter_names(), help="dataset adapter")
     parser.add_argument("--root", type=Path, required=True, help="dataset root directory")
     parser.add_argument("--split", default="train", help="dataset split, e.g. train or val")
+    parser.add_argument("--split-id", type=int, default=1,
+                        help="official train/test split of ucf101/hmdb51, 1..3 (default 1)")
     parser.add_argument("--workers", type=int, default=None,
                         help="probe processes (default: one per CPU core; 0 = in this process)")
     parser.add_argument("--cache", type=Path, default=None,
@@ -67,7 +69,7 @@ def format_summary(summary) -> str:  # noqa: ANN001 (IndexSummary, imported lazi
 def run(args: argparse.Namespace) -> int:
     from clipserve.datasets.index import build_index
 
-    index = build_index(args.root, dataset=args.dataset, split=args.split, workers=args.workers,
+    index = build_index(args.root, dataset=args.dataset, split=args.split, split_id=args.split_id, workers=args.workers,
                         progress=args.progress, cache_path=args.cache,
                         probe_timeout_seconds=args.probe_timeout_seconds)
     summary = index.summary()

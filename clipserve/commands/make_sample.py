@@ -20,9 +20,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="replace a sample dataset made with other settings (deletes only its files)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument("--layout", choices=["k400", "ucf101", "hmdb51", "ssv2"], default="k400",
+                        help="k400: Kinetics CSVs and --codec; ucf101/hmdb51: official lists, XVID AVI; "
+                             "ssv2: labels JSON, id-named VP9 WebM (see docs/usage.md)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.layout != "k400":
+        from clipserve.sample_layouts import build_layout_sample, make_layout_spec
+
+        layout_spec = make_layout_spec(args.layout, args.classes, args.videos_per_class, args.seed)
+        print(build_layout_sample(args.out, layout_spec, workers=args.workers, force=args.force).summary())
+        return 0
     spec = make_sample_spec(args.classes, args.videos_per_class, args.codec, args.seed)
     result = build_sample(args.out, spec, workers=args.workers, force=args.force, progress=args.progress)
     print(result.summary())

@@ -23,7 +23,8 @@ from clipserve.settings import ServiceConfig
 HELP = "print the clip plan (JSON) of one video; optionally write its decoded and augmented frames as PNG"
 
 #: Fields of ``ServiceConfig`` this command takes, with the same flags and help as ``clipserve start``.
-SERVICE_FIELDS = ("dataset", "root", "split", "seed", *SamplingConfig.model_fields, "crop_size_pixels", "eval_mode")
+SERVICE_FIELDS = ("dataset", "root", "split", "split_id", "seed", *SamplingConfig.model_fields, "crop_size_pixels",
+                  "eval_mode")
 
 
 class PlanOptions(BaseModel):
@@ -60,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from clipserve.plan import plan
 
     sampling, augment = configs_from_args(args)
-    index = build_index(args.root, dataset=args.dataset, split=args.split, workers=args.workers, progress=True)
+    index = build_index(args.root, dataset=args.dataset, split=args.split, split_id=args.split_id, workers=args.workers,
+                        progress=True)
     if not 0 <= args.video < len(index.records):
         raise ConfigError(f"--video ({args.video}) must be in [0, {len(index.records)}): the index has "
                           f"{len(index.records)} usable videos")

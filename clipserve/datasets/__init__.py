@@ -1,6 +1,7 @@
 """Datasets: adapters that list (video, label) pairs, and the probed, cached video index.
 
-``get_adapter(name)(root, split) -> DatasetListing`` lists a split; ``build_index(root, ...)``
+``list_split(name, root, split, split_id=1) -> DatasetListing`` lists a split (``split_id``: the
+official split 1..3 of ucf101/hmdb51; ``get_adapter(name)`` is the adapter itself); ``build_index(root, ...)``
 (in :mod:`clipserve.datasets.index`, imported lazily because it pulls in PyAV) probes and caches it.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from clipserve.datasets.record import DatasetEntry, DatasetListing, VideoRecord
-from clipserve.datasets.registry import adapter_names, get_adapter
+from clipserve.datasets.registry import adapter_names, get_adapter, list_split
 
 if TYPE_CHECKING:
     from clipserve.datasets.index import IndexSummary, VideoIndex, build_index
@@ -23,6 +24,7 @@ __all__ = [
     "adapter_names",
     "build_index",
     "get_adapter",
+    "list_split",
 ]
 
 

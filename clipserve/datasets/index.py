@@ -41,7 +41,7 @@ from clipserve.datasets.probe import (
     timestamps_seconds,
 )
 from clipserve.datasets.record import DatasetEntry, DatasetListing, VideoRecord
-from clipserve.datasets.registry import get_adapter
+from clipserve.datasets.registry import list_split, split_label
 from clipserve.errors import ConfigError, IndexCacheError
 
 logger = logging.getLogger("clipserve.index")
@@ -453,18 +453,20 @@ def build_index(
     progress: bool = True,
     cache_path: str | Path | None = None,
     probe_timeout_seconds: float = DEFAULT_PROBE_TIMEOUT_SECONDS,
+    split_id: int = 1,
 ) -> VideoIndex:
     """List ``root`` with adapter ``dataset``, probe what the cache lacks, return the index.
 
     Args:
         root: dataset folder (see :mod:`clipserve.datasets.k400` for the layouts).
-        dataset: adapter name, 'k400' or 'folder'.
+        dataset: adapter name ('k400', 'k600', 'k700', 'folder', 'ucf101', 'hmdb51', 'ssv2').
         split: e.g. 'train' or 'val'.
         workers: probe processes; ``None`` = one per CPU core, ``0`` = probe in this process
             (no protection against files that hang or crash the prober).
         progress: show a tqdm progress bar on stderr.
         cache_path: SQLite cache file; ``None`` = :func:`default_cache_path`.
         probe_timeout_seconds: per-file limit (seconds) before a file is recorded as broken.
+        split_id: official split 1..3 of ucf101/hmdb51 (must be 1 for the other datasets).
 
     Raises:
         DatasetError: root missing, empty, or its annotations unusable.
@@ -476,9 +478,10 @@ def build_index(
         raise ConfigError(f"workers ({workers}) must be >= 0 (0 = probe in this process)")
     if not probe_timeout_seconds > 0:
         raise ConfigError(f"probe_timeout_seconds ({probe_timeout_seconds}) must be > 0")
-    listing = get_adapter(dataset)(Path(root), split)
+    listing = list_split(dataset, Path(root), split, split_id)
     root_path = Path(root).expanduser().resolve()
-    path = Path(cache_path).expanduser() if cache_path is not None else default_cache_path(root_path, dataset, split)
+    label = split_label(dataset, split, split_id)  # 'train1' for ucf101/hmdb51: one cache file per split id
+    path = Path(cache_path).expanduser() if cache_path is not None else default_cache_path(root_path, dataset, label)
     cache = IndexCache(path)
     try:
         present, vanished = _stat_entries(root_path, listing)
@@ -496,7 +499,7 @@ def build_index(
         num_workers = _default_workers() if workers is None else workers
         num_workers = min(num_workers, len(todo)) if num_workers else 0
         stats = BuildStats(num_reused=len(present) - len(todo), num_dropped=len(stale), workers=num_workers)
-        with tqdm(total=len(present), initial=stats.num_reused, desc=f"index {dataset}/{split}", unit="video",
+        with tqdm(total=len(present), initial=stats.num_reused, desc=f"index {dataset}/{label}", unit="video",
                   disable=not progress, file=sys.stderr, dynamic_ncols=True, smoothing=0.05) as bar:
             if todo:
                 probe_started = time.monotonic()

@@ -10,11 +10,34 @@ Bad files never kill the pipeline: every file is first probed with PyAV (readabl
 codec this backend decodes, a first frame that decodes); if DALI still fails on a batch, the
 pipeline is rebuilt and the batch's videos are retried one by one, so only the culprits fail.
 
-Colour: DALI converts YUV to RGB with BT.601 limited-range coefficients and *bilinear* (centre-
-sited) chroma upsampling. swscale with ``BILINEAR | FULL_CHR_H_INT | ACCURATE_RND`` gives exactly
-the same pixels; OpenCV's ``COLOR_YUV2RGB_I420`` (the PyAV executor's conversion) uses the same
-matrix and range but nearest-neighbour chroma (each chroma sample covers its 2×2 block), which is
-the whole of the ~2.8/255 difference measured between the two executors on VP9.
+Colour: DALI converts YUV to RGB with BT.601 coefficients whatever the stream declares (it does
+follow the range: full-range streams are converted as full-range BT.601), with *bilinear*
+(centre-sited) chroma upsampling. swscale with ``BILINEAR | FULL_CHR_H_INT | ACCURATE_RND`` gives the
+same pixels on BT.601 streams, and so does the PyAV executor's default conversion
+(``clipserve.executors.yuv``, ``chroma="bilinear"``). The PyAV executor converts with the stream's
+declared matrix (BT.709, BT.2020, ...), so the executor corrects DALI's RGB in the graph: the
+stream's tags are read when the file is opened for ``probe_video`` (``stream_colour_correction``,
+no decoding), and ``[R', G', B'] = M_declared · M_601⁻¹ · [R, G, B, 1]``
+(``yuv.bt601_rgb_correction``) is applied to the float frames right after ``fn.warp_affine`` (an
+affine map in RGB commutes with the convex bilinear resampling), before the colour jitter.
+Measured on the CPU backend (DALI 2.4; VP9 WebM 96×64 encoded from known RGB; error vs the PyAV
+executor's conversion of the same frame, in 8-bit levels, ``tests/test_colour.py``):
+
+==================  ========================  ===================
+stream              DALI's own (max / mean)   corrected (max / mean)
+==================  ========================  ===================
+BT.709 solid        20 / 11.3                 0 / 0.00
+BT.709 gradients    30 / 5.8                  2 / 0.45
+BT.709 full range   30 / 5.8                  2 / 0.38
+BT.2020 gradients   23 / 4.1                  2 / 0.48
+BT.709 noise        18 / 2.5                  10 / 0.45 (BT.601 clipped out-of-gamut values first)
+BT.601 / untagged   2 / 0.40                  unchanged (no correction)
+==================  ========================  ===================
+
+The NVDEC (GPU) path gets the same correction in its graph: DALI's CUDA conversion
+(``dali/operators/video/color_space.cu``) is also BT.601, limited range
+(``itu_r_bt_601::ycbcr_to_rgb``) or full range (``jpeg::ycbcr_to_rgb``), with bilinear chroma; it was
+not measured here (no GPU in this session). ``DaliExecutor(colour_correction=False)`` gives DALI's own RGB.
 """
 
 from __future__ import annotations
@@ -29,7 +52,17 @@ import numpy as np
 
 from clipserve.errors import DecodeError, UnsupportedCodecError
 from clipserve.executors.backend import DALI_CPU_CODECS, DALI_GPU_CODECS, unsupported_codec_message
-from clipserve.executors.dali_pipeline import INPUT_NAMES, clip_pipeline, decode_pipeline, plan_shape, sample_inputs, sorted_frames
+from clipserve.executors.dali_pipeline import (
+    DECODE_INPUT_NAMES,
+    INPUT_NAMES,
+    clip_pipeline,
+    colour_input,
+    decode_pipeline,
+    plan_shape,
+    sample_inputs,
+    sorted_frames,
+)
+from clipserve.executors.yuv import UNTAGGED_COLOUR, bt601_rgb_correction, declared_colour
 from clipserve.plan_models import ClipPlan
 
 __all__ = ["DaliExecutor", "decode_frames", "probe_video"]
@@ -70,6 +103,20 @@ def probe_video(data: bytes | np.ndarray, device: Device) -> str:
         raise DecodeError(f"unreadable video: {exc}") from exc
 
 
+def stream_colour_correction(data: bytes | np.ndarray) -> np.ndarray | None:
+    """The 3×4 RGB correction (``yuv.bt601_rgb_correction``) for the colour the file's video stream
+    declares (container/codec tags, no decoding), or None when that is BT.601 (DALI's own matrix)."""
+    import io
+
+    try:
+        with av.open(io.BytesIO(bytes(data)), mode="r") as container:
+            context = container.streams.video[0].codec_context
+            colour = declared_colour(int(context.colorspace), int(context.color_range), context.pix_fmt or "")
+    except (av.FFmpegError, ValueError, OSError, EOFError, IndexError):
+        return None  # probe_video reports unreadable files
+    return None if colour.matrix == UNTAGGED_COLOUR.matrix else bt601_rgb_correction(colour)
+
+
 def _read_bytes(path: Path) -> np.ndarray:
     try:
         return np.fromfile(path, dtype=np.uint8)
@@ -94,12 +141,15 @@ class DaliExecutor:
         batch_size: most videos per DALI run; longer batches are run in chunks.
         num_threads: DALI CPU worker threads.
         device_id: CUDA device for ``device='gpu'``.
+        colour_correction: turn DALI's BT.601 RGB into the stream's declared matrix (BT.709,
+            BT.2020, ...) in the graph; False: DALI's own conversion, whatever the tags.
 
     One executor is used by one thread at a time (a lock serialises calls). Pipelines are built
     lazily, one per (ρ, T, S) seen.
     """
 
-    def __init__(self, device: Device = "gpu", batch_size: int = 8, num_threads: int = 2, device_id: int = 0) -> None:
+    def __init__(self, device: Device = "gpu", batch_size: int = 8, num_threads: int = 2, device_id: int = 0,
+                 *, colour_correction: bool = True) -> None:
         if device not in ("cpu", "gpu"):
             raise ValueError(f"device ({device!r}) must be 'cpu' or 'gpu'")
         if batch_size < 1 or num_threads < 1:
@@ -108,6 +158,8 @@ class DaliExecutor:
         self.batch_size = batch_size
         self.num_threads = num_threads
         self.device_id = device_id
+        self.colour_correction = colour_correction
+        """Correct DALI's BT.601 RGB to the matrix each stream declares (module docstring, "Colour")."""
         self._pipelines: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
         self.pipeline_rebuilds = 0
@@ -232,7 +284,7 @@ class DaliExecutor:
                 try:
                     data = _read_bytes(Path(path))
                     probe_video(data, self.device)
-                    samples.append(sample_inputs(data, plan))
+                    samples.append(sample_inputs(data, plan, self._correction(data)))
                     good.append(b)
                 except (DecodeError, ValueError) as exc:
                     failures[b] = str(exc)
@@ -252,6 +304,9 @@ class DaliExecutor:
                     clips[good[i]] = result
             return clips, failures
 
+    def _correction(self, data: np.ndarray) -> np.ndarray | None:
+        return stream_colour_correction(data) if self.colour_correction else None
+
     def decode_frames(self, source: str | Path, frame_indices: Sequence[int], *, rotation_degrees: int = 0) -> np.ndarray:
         """Decode frames with DALI, same contract as ``clipserve.executors.pyav.decode_frames``.
 
@@ -268,8 +323,8 @@ class DaliExecutor:
         with self._lock:
             data = _read_bytes(Path(source))
             probe_video(data, self.device)
-            sample = (data, *sorted_frames(frame_indices))
-            results, failures = self._run_resilient(("decode",), ("encoded", "frames", "order"), [sample])
+            sample = (data, *sorted_frames(frame_indices), colour_input(self._correction(data)))
+            results, failures = self._run_resilient(("decode",), DECODE_INPUT_NAMES, [sample])
             if failures:
                 raise DecodeError(f"{source}: {failures[0]}")
             frames = results[0]

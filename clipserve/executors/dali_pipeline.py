@@ -11,7 +11,8 @@ told apart with per-frame arguments (``fn.per_frame``) and per-clip tensors broa
    clip's crop box, the bilinear resize to S×S (half-pixel centres, no antialiasing, source
    coordinates clamped at the frame border) and the horizontal flip, in one resampling. The flip is
    moved ahead of the colour ops and the blur: both commute with it exactly (pointwise ops; a
-   symmetric kernel with a symmetric border).
+   symmetric kernel with a symmetric border). Then the per-video colour correction (``colour``: DALI
+   decodes as BT.601, the stream may declare BT.709/BT.2020; identity for BT.601 streams).
 2. Colour jitter in each clip's own order, in float32 on 0..255: four stages; stage k applies to
    every clip the brightness, contrast, saturation and hue operations with that clip's parameter
    for the op at position k of its order and identity parameters (factor 1, shift 0) for the other
@@ -44,7 +45,19 @@ _JITTER_OP_SLOT = {"brightness": 0, "contrast": 1, "saturation": 2, "hue": 3}
 _LUMA = (0.299, 0.587, 0.114)
 
 # Names of the external sources (the order ``sample_inputs`` returns its arrays in).
-INPUT_NAMES = ("encoded", "frames", "order", "warp", "jitter", "grayscale", "blur_sigma")
+INPUT_NAMES = ("encoded", "frames", "order", "warp", "jitter", "grayscale", "blur_sigma", "colour")
+DECODE_INPUT_NAMES = ("encoded", "frames", "order", "colour")
+
+IDENTITY_COLOUR = np.hstack([np.eye(3), np.zeros((3, 1))]).astype(np.float32).reshape(3, 4, 1, 1, 1)
+"""The ``colour`` input that changes nothing: DALI's own (BT.601) RGB."""
+
+
+def colour_input(correction: np.ndarray | None) -> np.ndarray:
+    """``(3, 4, 1, 1, 1)`` float32 ``colour`` input from a 3×4 ``[R', G', B'] = C · [R, G, B, 1]``
+    (``clipserve.executors.yuv.bt601_rgb_correction``); None: the identity."""
+    if correction is None:
+        return IDENTITY_COLOUR
+    return np.asarray(correction, dtype=np.float32).reshape(3, 4, 1, 1, 1)
 
 
 def _turns(rotation_degrees: int) -> int:
@@ -100,7 +113,7 @@ def plan_shape(plan: ClipPlan) -> tuple[int, int, int]:
     return len(plan.clips), lengths.pop(), sizes.pop()
 
 
-def sample_inputs(encoded: np.ndarray, plan: ClipPlan) -> tuple[np.ndarray, ...]:
+def sample_inputs(encoded: np.ndarray, plan: ClipPlan, colour: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """The per-sample arrays of one video, in ``INPUT_NAMES`` order.
 
     - encoded: ``(nbytes,)`` uint8, the file's bytes;
@@ -111,7 +124,8 @@ def sample_inputs(encoded: np.ndarray, plan: ClipPlan) -> tuple[np.ndarray, ...]
     - jitter: ``(4 stages, 4 ops, ρ, 1, 1, 1, 1)`` float32: brightness, contrast and saturation
       factors (identity 1) and hue shift in sextants (turns·6, identity 0), op order slot by slot;
     - grayscale: ``(ρ, 1, 1, 1, 1)`` float32 0/1;
-    - blur_sigma: ``(ρ·T, 2)`` float32, (σy, σx) in output pixels.
+    - blur_sigma: ``(ρ·T, 2)`` float32, (σy, σx) in output pixels;
+    - colour: ``(3, 4, 1, 1, 1)`` float32, the RGB correction of ``colour_input(colour)``.
     """
     num_clips, length, size = plan_shape(plan)
     warp = np.empty((num_clips * length, 2, 3), dtype=np.float32)
@@ -140,7 +154,7 @@ def sample_inputs(encoded: np.ndarray, plan: ClipPlan) -> tuple[np.ndarray, ...]
             cap = max(1.0, (size - 1) / 3.0)
             sigma[c * length : (c + 1) * length] = (min(sigma_y, cap), min(sigma_x, cap))
     frames, order = sorted_frames(plan.all_frame_indices)
-    return encoded, frames, order, warp, jitter, gray, sigma
+    return encoded, frames, order, warp, jitter, gray, sigma, colour_input(colour)
 
 
 def sorted_frames(frame_indices: "list[int] | np.ndarray") -> tuple[np.ndarray, np.ndarray]:
@@ -153,6 +167,15 @@ def sorted_frames(frame_indices: "list[int] | np.ndarray") -> tuple[np.ndarray, 
 def _gray(x):
     """Luma of a (..., 3) tensor as (...,)."""
     return x[:, :, :, :, 0] * _LUMA[0] + x[:, :, :, :, 1] * _LUMA[1] + x[:, :, :, :, 2] * _LUMA[2]
+
+
+def _correct_colour(x, colour):
+    """``[R', G', B'] = C · [R, G, B, 1]`` on x ``(N, H, W, 3)`` float, C = ``colour`` ``(3, 4, 1, 1, 1)``,
+    clamped to [0, 255]. DALI converts YUV as BT.601 whatever the stream declares; this turns that
+    RGB into the declared matrix's (exact up to the clipping of the BT.601 conversion)."""
+    r, g, b = x[:, :, :, 0], x[:, :, :, 1], x[:, :, :, 2]
+    channels = [colour[k, 0] * r + colour[k, 1] * g + colour[k, 2] * b + colour[k, 3] for k in range(3)]
+    return dmath.clamp(fn.stack(*channels, axis=3), 0.0, 255.0)
 
 
 def _wrap6(h):
@@ -194,15 +217,17 @@ def clip_pipeline(device: str, num_clips: int, frames_per_clip: int, output_size
     jitter = fn.external_source(name="jitter", dtype=types.FLOAT)
     grayscale = fn.external_source(name="grayscale", dtype=types.FLOAT)
     blur_sigma = fn.external_source(name="blur_sigma", dtype=types.FLOAT)
+    colour = fn.external_source(name="colour", dtype=types.FLOAT)
     decoded = fn.decoders.video(  # (ρ·T, H, W, 3); an index past the end is an error, never a padded frame
         encoded, frames=frames, device="mixed" if device == "gpu" else "cpu", pad_mode="none"
     )
     decoded = fn.sequence_rearrange(decoded, new_order=order)  # sorted distinct frames → plan order
     if device == "gpu":
-        jitter, grayscale = jitter.gpu(), grayscale.gpu()
+        jitter, grayscale, colour = jitter.gpu(), grayscale.gpu(), colour.gpu()
     x = fn.warp_affine(
         decoded, matrix=fn.per_frame(warp), size=[s, s], interp_type=types.INTERP_LINEAR, inverse_map=True, dtype=types.FLOAT
     )  # (ρ·T, S, S, 3), float, flip included
+    x = _correct_colour(x, colour)  # affine in RGB: commutes with the (convex) bilinear resampling
     x = fn.reshape(x, shape=[num_clips, frames_per_clip, s, s, 3], layout="")
     for stage in range(JITTER_STAGES):
         x = dmath.clamp(x * jitter[stage, 0], 0.0, 255.0)  # brightness
@@ -223,10 +248,15 @@ def clip_pipeline(device: str, num_clips: int, frames_per_clip: int, output_size
 @pipeline_def(enable_conditionals=False)
 def decode_pipeline(device: str):
     """Decode only: per sample ``(N, H, W, 3)`` uint8 RGB (coded orientation); inputs as
-    ``sorted_frames``: the sorted distinct indices and the order to return them in."""
+    ``sorted_frames``: the sorted distinct indices and the order to return them in, and the
+    ``colour`` correction (``colour_input``)."""
     encoded = fn.external_source(name="encoded", dtype=types.UINT8)
     frames = fn.external_source(name="frames", dtype=types.INT32)
     order = fn.external_source(name="order", dtype=types.INT32)
+    colour = fn.external_source(name="colour", dtype=types.FLOAT)
     decoded = fn.decoders.video(encoded, frames=frames, device="mixed" if device == "gpu" else "cpu", pad_mode="none")
-    return fn.sequence_rearrange(decoded, new_order=order)
+    decoded = fn.sequence_rearrange(decoded, new_order=order)
+    if device == "gpu":
+        colour = colour.gpu()
+    return fn.cast(_correct_colour(fn.cast(decoded, dtype=types.FLOAT), colour), dtype=types.UINT8)
 

@@ -6,16 +6,27 @@ crop taken from the fully converted frame:
 
 - ``yuv420p`` frames with even width and height (nearly every H.264/VP9 video): the Y, U and V
   planes are cropped on even coordinates (whole chroma samples, plus a one-sample chroma margin for
-  bilinear upsampling), converted with OpenCV (BT.601, limited range), and then trimmed to the
-  exact box, so cropping before converting changes nothing; it is several times faster than
-  swscale through ``VideoFrame.to_ndarray(format="rgb24")`` at 340×256.
+  bilinear upsampling), converted with OpenCV and the frame's own matrix and range (below), and
+  then trimmed to the exact box, so cropping before converting changes nothing; it is several times
+  faster than swscale through ``VideoFrame.to_ndarray(format="rgb24")`` at 340×256.
 - every other pixel format (full-range ``yuvj420p``, 4:2:2, 4:4:4, 10-bit, odd sizes, RGB codecs):
-  swscale converts the whole frame to ``rgb24`` and the box is cut from that.
+  swscale converts the whole frame to ``rgb24`` (told the same matrix and range) and the box is cut
+  from that.
+
+Colour (``frame_colour``): the YUV→RGB matrix and range are the ones the stream declares, read from
+each decoded frame's ``colorspace`` and ``color_range`` tags (FFmpeg copies the stream's VUI / colour
+box into every frame): BT.709, BT.601 (BT.470BG / SMPTE 170M), BT.2020 (non-constant luminance;
+constant-luminance BT.2020 is converted as NCL), FCC and SMPTE 240M; limited (16–235/240) or full
+(0–255, also implied by the ``yuvj*`` pixel formats) range. Untagged streams get FFmpeg's defaults,
+as swscale applies them (``sws_getCoefficients(SWS_CS_DEFAULT)``): BT.601, limited range. The RGB is
+the stream's own primaries and transfer (no gamut or transfer conversion: BT.2020 video stays in
+BT.2020 primaries, as with ffmpeg's ``-pix_fmt rgb24``).
 
 Chroma upsampling (``CHROMA_UPSAMPLING``, the default of ``chroma=``; default ``"bilinear"`` so that
 the PyAV and DALI executors agree): ``"nearest"`` is OpenCV's ``COLOR_YUV2RGB_I420`` (each chroma
-sample covers its 2×2 luma block, like swscale's default unscaled conversion). ``"bilinear"`` upsamples U and V 2× with ``cv2.resize(INTER_LINEAR)`` (half-pixel,
-centre-sited, edge samples replicated) and converts with the BT.601 limited-range 3×4 matrix
+sample covers its 2×2 luma block, like swscale's default unscaled conversion; for other matrices
+than BT.601 limited, the same replication followed by ``cv2.transform``). ``"bilinear"`` upsamples U and V 2× with ``cv2.resize(INTER_LINEAR)`` (half-pixel,
+centre-sited, edge samples replicated) and converts with the frame's 3×4 matrix
 (``cv2.transform``); this is what DALI's CPU decoder (= swscale ``BILINEAR|FULL_CHR_H_INT|ACCURATE_RND``
 on frames without a chroma location, e.g. VP9) does, to a mean absolute difference of ~0.4/255 and
 at most 2 (vs ~2.4–3.8 mean, up to ~74, for ``"nearest"``), at ~4× the conversion cost (~0.4 vs
@@ -76,14 +87,18 @@ def frame_region_to_rgb(frame: av.VideoFrame, box: Box, *, chroma: ChromaUpsampl
     top, left, height, width = box
     if height <= 0 or width <= 0 or top < 0 or left < 0 or top + height > frame.height or left + width > frame.width:
         raise ValueError(f"box {tuple(box)} (top, left, height, width) is not inside the {frame.width}x{frame.height} frame")
+    colour = frame_colour(frame)
     if not is_fast_format(frame):
-        rgb = frame.to_ndarray(format="rgb24")
+        rgb = frame.reformat(format="rgb24", src_colorspace=_SWS_COLORSPACE[colour.matrix],
+                             src_color_range=2 if colour.full_range else 1).to_ndarray()
         return np.ascontiguousarray(rgb[top : top + height, left : left + width])
     mode = CHROMA_UPSAMPLING if chroma is None else chroma
     if mode == "bilinear":
-        return _bilinear_region(frame, box)
+        return _bilinear_region(frame, box, yuv_to_rgb_matrix(colour))
     if mode != "nearest":
         raise ValueError(f"chroma ({mode!r}) must be 'nearest' or 'bilinear'")
+    if colour != UNTAGGED_COLOUR:
+        return _nearest_region(frame, box, yuv_to_rgb_matrix(colour))
     top_even, left_even = top & ~1, left & ~1
     bottom_even = min(frame.height, (top + height + 1) & ~1)
     right_even = min(frame.width, (left + width + 1) & ~1)
@@ -104,7 +119,20 @@ def frame_region_to_rgb(frame: av.VideoFrame, box: Box, *, chroma: ChromaUpsampl
     return rgb
 
 
-def _bilinear_region(frame: av.VideoFrame, box: Box) -> np.ndarray:
+def _nearest_region(frame: av.VideoFrame, box: Box, matrix: np.ndarray) -> np.ndarray:
+    """Each chroma sample covers its 2×2 luma block; then ``matrix`` (any matrix and range)."""
+    top, left, height, width = box
+    rows, cols = slice(top // 2, (top + height - 1) // 2 + 1), slice(left // 2, (left + width - 1) // 2 + 1)
+    half_h, half_w = frame.height // 2, frame.width // 2
+    dy, dx = top & 1, left & 1
+    planes = [np.repeat(np.repeat(_plane(frame, i, half_h, half_w)[rows, cols], 2, axis=0), 2, axis=1)
+              [dy : dy + height, dx : dx + width] for i in (1, 2)]
+    luma = _plane(frame, 0, frame.height, frame.width)[top : top + height, left : left + width]
+    yuv = cv2.merge([np.ascontiguousarray(p) for p in (luma, *planes)])
+    return cv2.transform(yuv, matrix)
+
+
+def _bilinear_region(frame: av.VideoFrame, box: Box, matrix: np.ndarray) -> np.ndarray:
     top, left, height, width = box
     half_h, half_w = frame.height // 2, frame.width // 2
     # Luma row y reads chroma rows floor((y - 1) / 2) and floor((y + 1) / 2) (centre-sited, 2×):
@@ -118,14 +146,67 @@ def _bilinear_region(frame: av.VideoFrame, box: Box) -> np.ndarray:
     chroma_u = cv2.resize(_plane(frame, 1, half_h, half_w)[c_top:c_bottom, c_left:c_right], size, interpolation=cv2.INTER_LINEAR)
     chroma_v = cv2.resize(_plane(frame, 2, half_h, half_w)[c_top:c_bottom, c_left:c_right], size, interpolation=cv2.INTER_LINEAR)
     yuv = cv2.merge((np.ascontiguousarray(luma), np.ascontiguousarray(chroma_u[rows, cols]), np.ascontiguousarray(chroma_v[rows, cols])))
-    return cv2.transform(yuv, YUV_TO_RGB_BT601_LIMITED)  # float arithmetic, rounded and saturated
+    return cv2.transform(yuv, matrix)  # float arithmetic, rounded and saturated
 
 
-def _bt601_limited_matrix() -> np.ndarray:
-    """3×4 float32 matrix: ``[R, G, B] = M · [Y, U, V, 1]`` for BT.601 limited-range 8-bit YUV."""
-    kr, kb = 0.299, 0.114
+YuvMatrix = Literal["bt601", "bt709", "bt2020", "fcc", "smpte240m"]
+
+LUMA_WEIGHTS: dict[str, tuple[float, float]] = {
+    "bt601": (0.299, 0.114),
+    "bt709": (0.2126, 0.0722),
+    "bt2020": (0.2627, 0.0593),
+    "fcc": (0.30, 0.11),
+    "smpte240m": (0.212, 0.087),
+}
+"""(Kr, Kb) of each matrix: Y = Kr·R + (1 − Kr − Kb)·G + Kb·B (ITU-R BT.601/709/2020, FCC, SMPTE 240M)."""
+
+
+class YuvColour(NamedTuple):
+    """How a stream's YUV maps to RGB: the matrix (``LUMA_WEIGHTS``) and the range."""
+
+    matrix: YuvMatrix
+    full_range: bool
+    """True: Y, U, V use 0–255 (JPEG/"pc" range); False: Y 16–235, U/V 16–240 (MPEG/"tv" range)."""
+
+
+UNTAGGED_COLOUR = YuvColour("bt601", False)
+"""FFmpeg's default for a stream without colour tags (swscale's ``SWS_CS_DEFAULT``, limited range)."""
+
+# AVColorSpace values (libavutil/pixfmt.h) → matrix; AVCOL_SPC_UNSPECIFIED (2), RGB (0), YCgCo (8)
+# and the rest fall back to FFmpeg's default, BT.601.
+_AVCOL_SPC_MATRIX: dict[int, YuvMatrix] = {1: "bt709", 4: "fcc", 5: "bt601", 6: "bt601", 7: "smpte240m", 9: "bt2020", 10: "bt2020"}
+_AVCOL_RANGE_JPEG = 2
+# The matrix as swscale's SWS_CS_* constant (libswscale/swscale.h), for the reformat path.
+_SWS_COLORSPACE: dict[str, int] = {"bt709": 1, "fcc": 4, "bt601": 5, "smpte240m": 7, "bt2020": 9}
+
+
+def frame_colour(frame: av.VideoFrame) -> YuvColour:
+    """The matrix and range ``frame`` declares (``frame.colorspace``/``color_range``, and ``yuvj*``
+    formats for full range); FFmpeg's defaults (BT.601, limited) where it declares none."""
+    return declared_colour(int(frame.colorspace), int(frame.color_range), frame.format.name)
+
+
+def declared_colour(colorspace: int, color_range: int, pixel_format: str) -> YuvColour:
+    """The colour of AVColorSpace ``colorspace`` / AVColorRange ``color_range`` tags (a frame's or a
+    stream's ``codec_context``), ``yuvj*`` formats meaning full range; FFmpeg's defaults when untagged."""
+    full_range = color_range == _AVCOL_RANGE_JPEG or pixel_format.startswith("yuvj")
+    return YuvColour(_AVCOL_SPC_MATRIX.get(colorspace, "bt601"), full_range)
+
+
+_MATRICES: dict[YuvColour, np.ndarray] = {}
+
+
+def yuv_to_rgb_matrix(colour: YuvColour) -> np.ndarray:
+    """3×4 float32 matrix ``M`` with ``[R, G, B] = M · [Y, U, V, 1]`` for 8-bit YUV of ``colour``."""
+    cached = _MATRICES.get(colour)
+    if cached is None:
+        cached = _MATRICES[colour] = _matrix(*LUMA_WEIGHTS[colour.matrix], full_range=colour.full_range)
+    return cached
+
+
+def _matrix(kr: float, kb: float, *, full_range: bool) -> np.ndarray:
     kg = 1.0 - kr - kb
-    luma, chroma = 255.0 / 219.0, 255.0 / 224.0
+    luma, chroma = (1.0, 1.0) if full_range else (255.0 / 219.0, 255.0 / 224.0)
     coefficients = np.array(
         [
             [luma, 0.0, 2.0 * (1.0 - kr) * chroma],
@@ -133,11 +214,20 @@ def _bt601_limited_matrix() -> np.ndarray:
             [luma, 2.0 * (1.0 - kb) * chroma, 0.0],
         ]
     )
-    offsets = -coefficients @ np.array([16.0, 128.0, 128.0])
+    offsets = -coefficients @ np.array([0.0 if full_range else 16.0, 128.0, 128.0])
     return np.hstack([coefficients, offsets[:, None]]).astype(np.float32)
 
 
-YUV_TO_RGB_BT601_LIMITED: np.ndarray = _bt601_limited_matrix()
+def bt601_rgb_correction(colour: YuvColour) -> np.ndarray:
+    """3×4 float64 ``C`` with ``rgb_colour = C · [R, G, B, 1]`` for RGB that was converted as BT.601
+    (same range as ``colour``), as DALI does for every stream: ``M_colour · M_601⁻¹``. Exact up to the
+    clipping and rounding of the BT.601 conversion (see ``clipserve.executors.dali``, "Colour")."""
+    bt601 = np.vstack([yuv_to_rgb_matrix(YuvColour("bt601", colour.full_range)), [0.0, 0.0, 0.0, 1.0]]).astype(np.float64)
+    target = np.vstack([yuv_to_rgb_matrix(colour), [0.0, 0.0, 0.0, 1.0]]).astype(np.float64)
+    return (target @ np.linalg.inv(bt601))[:3]
+
+
+YUV_TO_RGB_BT601_LIMITED: np.ndarray = yuv_to_rgb_matrix(UNTAGGED_COLOUR)
 """``[R, G, B] = M · [Y, U, V, 1]`` (3×4 float32), BT.601 limited range, as swscale's default and DALI."""
 
 

@@ -1,0 +1,103 @@
+"""Start ``clipserve start`` services for frozen-feature evaluation on a dataset split (subprocesses).
+
+``eval_services(...)`` starts one service per split with the paper's evaluation view: one clip per
+video at the temporal centre (``--num-clips 1 --temporal-sampling centre``), short side resized and
+centre-cropped, no random augmentation (``--eval-mode``). It yields their URLs and stops them
+(SIGTERM, then SIGKILL of the process group) on exit. The trainer talks to them only through
+``clipserve.client``, as to any other service.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+READY_PATTERN = re.compile(r"serving (\d+) videos at (http://\S+?)/? ")
+DEFAULT_TEST_SPLIT = {"ssv2": "val", "k400": "val", "k600": "val", "k700": "val", "folder": "val"}
+"""The labelled held-out split of each dataset (ssv2's test split has no public labels); others: 'test'."""
+
+
+@dataclass(frozen=True)
+class EvalView:
+    """What each evaluation service serves: T frames every τ frames, S×S pixels, B videos per batch."""
+
+    frames_per_clip: int = 8
+    frame_stride: int = 8
+    crop_size_pixels: int = 224
+    batch_size: int = 8
+    workers: int | None = None
+    backend: str = "auto"
+
+
+def service_command(dataset: str, root: Path, split: str, split_id: int, view: EvalView) -> list[str]:
+    """The ``python -m clipserve start`` command line of one evaluation service."""
+    command = [sys.executable, "-m", "clipserve", "start", "--dataset", dataset, "--root", str(root),
+               "--split", split, "--split-id", str(split_id), "--eval-mode", "--num-clips", "1",
+               "--temporal-sampling", "centre", "--frames-per-clip", str(view.frames_per_clip),
+               "--frame-stride", str(view.frame_stride), "--crop-size", str(view.crop_size_pixels),
+               "--batch-size", str(view.batch_size), "--backend", view.backend, "--host", "127.0.0.1",
+               "--port", "0", "--no-progress"]
+    if view.workers is not None:
+        command += ["--workers", str(view.workers)]
+    return command
+
+
+@contextmanager
+def eval_services(dataset: str, root: Path, splits: Sequence[str], split_id: int, view: EvalView, *,
+                  timeout_seconds: float = 600.0) -> Iterator[list[str]]:
+    """Start one evaluation service per split of ``splits``; yield their URLs (same order).
+
+    Raises:
+        RuntimeError: a service exited or did not become ready within ``timeout_seconds`` (the
+            message holds the end of its log, e.g. the dataset error).
+    """
+    processes: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="trainer-eval-") as folder:
+        logs = [Path(folder) / f"{i}-{split}.log" for i, split in enumerate(splits)]
+        try:
+            for split, log in zip(splits, logs):
+                with open(log, "wb") as handle:
+                    processes.append(subprocess.Popen(service_command(dataset, root, split, split_id, view),
+                                                      stdout=handle, stderr=subprocess.STDOUT, start_new_session=True))
+            yield [_wait_ready(p, log, timeout_seconds) for p, log in zip(processes, logs)]
+        finally:
+            for process in processes:
+                _stop(process)
+
+
+def _wait_ready(process: subprocess.Popen[bytes], log: Path, timeout_seconds: float) -> str:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        match = READY_PATTERN.search(log.read_text(errors="replace"))
+        if match:
+            return match.group(2).rstrip("/")
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    tail = log.read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"clipserve start ({' '.join(process.args[3:11])} ...) did not become ready:\n{tail}")
+
+
+def _stop(process: subprocess.Popen[bytes], timeout_seconds: float = 30.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_seconds)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # decode workers left behind, if any
+    except (ProcessLookupError, PermissionError):
+        pass
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
