@@ -13,19 +13,15 @@ through ``ClipStream`` over shared memory.
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from service_helpers import SERVICE_SETTINGS, running_service  # noqa: E402
-
-from clipserve.config import AugmentConfig, SamplingConfig  # noqa: E402
-from clipserve.datasets.index import VideoIndex, build_index  # noqa: E402
-from clipserve.media.encode import encode_video  # noqa: E402
+from clipserve.config import AugmentConfig, SamplingConfig
+from clipserve.datasets.index import VideoIndex, build_index
+from clipserve.media.encode import encode_video
+from tests.service_helpers import SERVICE_SETTINGS, running_service
 
 pytestmark = pytest.mark.timeout(240)
 
