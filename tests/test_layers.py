@@ -134,3 +134,21 @@ def test_the_rest_app_does_not_import_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+BATCH_FIELDS = {"clips", "video_index", "label", "clip_start_seconds", "is_padding"}
+
+
+def test_one_batch_class() -> None:
+    """``clipserve.batch.Batch`` is the only class anywhere in the repository (product, trainer,
+    tests, benchmarks) that declares a batch's fields."""
+    holders = []
+    for folder in ("clipserve", "trainer", "tests", "benchmarks"):
+        for path in sorted((REPO_ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if isinstance(node, ast.ClassDef):
+                    declared = {item.target.id for item in node.body
+                                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)}
+                    if BATCH_FIELDS <= declared:
+                        holders.append(f"{path.relative_to(REPO_ROOT)}:{node.name}")
+    assert holders == ["clipserve/batch.py:Batch"]
