@@ -22,7 +22,7 @@ from clipserve.datasets.index import VideoIndex, build_index
 from clipserve.errors import ConfigError, DecodeError, TaskTimeoutError, WorkerCrashError
 from clipserve.executors.interface import BatchedVideoExecutor
 from clipserve.executors.base import PyAVBatchExecutor
-from clipserve.batch import Batch
+from clipserve.batch import Batch, plan_clips_shape
 from clipserve.executors.pool import BatchProducer
 from clipserve.executors.pyav import execute_plan
 from clipserve.media.encode import encode_video, moving_square_frames
@@ -80,7 +80,7 @@ class InProcessExecutor:
     def execute_batch(self, paths: list[Path], plans: list[ClipPlan]) -> tuple[np.ndarray, dict[int, str]]:
         self.paths.extend(Path(p) for p in paths)
         rows, failures = [], {}
-        shape = (len(plans[0].clips), 3, len(plans[0].clips[0].frame_indices), 16, 16)
+        shape = plan_clips_shape(plans[0])
         for b, (path, plan) in enumerate(zip(paths, plans)):
             try:
                 rows.append(execute_plan(path, plan))
