@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = [  # the consumer errors are re-exported for the REST layer, which sees only the service
     "MAX_CONSUMERS", "ConsumerConflictError", "ConsumerRequestError", "ServiceBusyError", "UnknownConsumerError",
-    "ServiceState", "build_service_index", "check_ring_fits", "draw_contact_sheet_png"]
+    "ServiceState", "build_service_index", "check_ring_fits"]
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +154,8 @@ class ServiceState:
         request thread. A sheet process that crashes fails only its request (``DecodeError``);
         the pool is replaced.
         """
+        from clipserve.inspect.sheet import contact_sheet_png as draw_sheet
+
         clip_plan = self.plan_for(video_index, epoch=epoch, seed=seed)
         path = str(self.video_path(video_index))
         sys.audit("clipserve.open_video", path)  # opened in a sheet process, out of this one's audit hooks' sight
@@ -180,7 +182,7 @@ class ServiceState:
                 result.set_exception(exc)
 
         try:
-            pool.submit(draw_contact_sheet_png, path, clip_plan).add_done_callback(done)
+            pool.submit(draw_sheet, path, clip_plan).add_done_callback(done)
         except BrokenProcessPool as exc:
             done_with_error: Future[bytes] = Future()
             done_with_error.set_exception(exc)
@@ -324,15 +326,6 @@ def share_index_rows(index: VideoIndex) -> MappedRows | None:
     mapped = MappedRows.create(index.records.rows)
     index.records = RecordSequence(mapped)
     return mapped
-
-
-def draw_contact_sheet_png(path: str, clip_plan: ClipPlan) -> bytes:
-    """Decode ``clip_plan`` from ``path`` with the PyAV executor and draw its contact sheet (PNG bytes).
-    Runs in a contact-sheet process."""
-    from clipserve.inspect.render import encode_png, render_contact_sheet
-    from clipserve.executors.pyav import execute_plan
-
-    return encode_png(render_contact_sheet(clip_plan, execute_plan(path, clip_plan)))
 
 
 def _lower_sheet_process_priority() -> None:
