@@ -20,7 +20,8 @@ import pytest
 
 from clipserve.cli import main
 from clipserve.datasets.index import IndexSummary, build_index, default_cache_path
-from clipserve.datasets.probe import ProbePool, decode_int64_deltas, encode_int64_deltas
+from clipserve.datasets.probe_format import decode_int64_deltas, encode_int64_deltas
+from clipserve.datasets.probe_pool import ProbePool
 from clipserve.errors import IndexCacheError
 from tests.videos_index import (
     decode_all,

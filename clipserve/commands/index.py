@@ -49,7 +49,8 @@ def format_summary(summary) -> str:  # noqa: ANN001 (IndexSummary, imported lazi
     lines += _histogram("fps", summary.fps_histogram)
     lines += _histogram("resolution", summary.resolution_histogram)
     extras = [f"{summary.num_with_audio} with audio", f"{summary.num_variable_frame_rate} variable frame rate",
-              f"{summary.num_rotated} rotated", f"{summary.num_frames_estimated} with estimated frame counts"]
+              f"{summary.num_rotated} rotated", f"{summary.num_frames_estimated} with estimated frame counts",
+              f"{summary.num_frame_access_sequential} decoded sequentially (packet timestamps do not identify frames)"]
     lines.append(f"  other        {', '.join(extras)}")
     if summary.broken_by_reason:
         lines.append("  broken       " + ", ".join(f"{k} ×{v}" for k, v in summary.broken_by_reason.items()))

@@ -32,21 +32,17 @@ from typing import overload
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from clipserve.datasets.probe import (
-    PROBE_VERSION,
-    ProbePool,
-    ProbeResult,
-    decode_int64_deltas,
-    probe_video,
-    timestamps_seconds,
-)
+from clipserve.datasets.probe import probe_video
+from clipserve.datasets.probe_format import PROBE_VERSION, ProbeResult, decode_int64_deltas, timestamps_seconds
+from clipserve.datasets.probe_pool import ProbePool
 from clipserve.datasets.record import DatasetEntry, DatasetListing, VideoRecord
 from clipserve.datasets.registry import list_split, split_label
 from clipserve.errors import ConfigError, IndexCacheError
 
 logger = logging.getLogger("clipserve.index")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: ``frame_access`` and ``frame_access_reason`` columns (issue 12)."""
 DEFAULT_PROBE_TIMEOUT_SECONDS = 60.0
 """A file whose probe takes longer than this (seconds) is recorded as broken ('probe timeout')."""
 
@@ -61,7 +57,7 @@ _COLUMNS = (
     "relative_path", "size_bytes", "mtime_ns", "probe_version", "status", "broken_reason", "codec",
     "pixel_format", "width_pixels", "height_pixels", "rotation_degrees", "has_audio", "num_frames",
     "num_frames_source", "average_fps", "duration_seconds", "is_variable_frame_rate", "time_base_num",
-    "time_base_den", "pts_deltas", "keyframe_deltas",
+    "time_base_den", "pts_deltas", "keyframe_deltas", "frame_access", "frame_access_reason",
 )
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,7 +68,8 @@ CREATE TABLE IF NOT EXISTS videos (
     rotation_degrees INTEGER NOT NULL, has_audio INTEGER NOT NULL, num_frames INTEGER NOT NULL,
     num_frames_source TEXT NOT NULL, average_fps REAL NOT NULL, duration_seconds REAL NOT NULL,
     is_variable_frame_rate INTEGER NOT NULL, time_base_num INTEGER NOT NULL, time_base_den INTEGER NOT NULL,
-    pts_deltas BLOB NOT NULL, keyframe_deltas BLOB NOT NULL
+    pts_deltas BLOB NOT NULL, keyframe_deltas BLOB NOT NULL, frame_access TEXT NOT NULL,
+    frame_access_reason TEXT NOT NULL
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
@@ -109,6 +106,9 @@ class IndexSummary(BaseModel):
     mean_duration_seconds: float
     total_frames: int
     num_frames_estimated: int
+    num_frame_access_sequential: int = 0
+    """Videos whose packet timestamps cannot identify frames: counted by a full decode at index time
+    and decoded from the start by the PyAV executor (``VideoRecord.frame_access``)."""
     num_variable_frame_rate: int
     num_with_audio: int
     num_rotated: int
@@ -252,7 +252,8 @@ class VideoIndex:
             total_hours=sum(durations) / 3600.0,
             mean_duration_seconds=sum(durations) / len(durations) if durations else 0.0,
             total_frames=sum(r.num_frames for r in ok),
-            num_frames_estimated=sum(r.num_frames_source != "packet_scan" for r in ok),
+            num_frames_estimated=sum(r.num_frames_source in ("estimate", "header") for r in ok),
+            num_frame_access_sequential=sum(r.frame_access == "sequential" for r in ok),
             num_variable_frame_rate=sum(r.is_variable_frame_rate for r in ok),
             num_with_audio=sum(r.has_audio for r in ok),
             num_rotated=sum(r.rotation_degrees != 0 for r in ok),
@@ -371,6 +372,7 @@ class IndexCache:
             result.rotation_degrees, int(result.has_audio), result.num_frames, result.num_frames_source,
             result.average_fps, result.duration_seconds, int(result.is_variable_frame_rate),
             result.time_base_num, result.time_base_den, result.pts_deltas_blob, result.keyframe_deltas_blob,
+            result.frame_access, result.frame_access_reason,
         )
         try:
             self._connection.execute(
@@ -408,6 +410,7 @@ def _record(entry: DatasetEntry, row: tuple) -> VideoRecord:
         frame_timestamps_seconds=timestamps_seconds(values["pts_deltas"], values["time_base_num"],
                                                     values["time_base_den"]) if ok else [],
         keyframe_indices=decode_int64_deltas(values["keyframe_deltas"]).tolist() if ok else [],
+        frame_access=values["frame_access"], frame_access_reason=values["frame_access_reason"],
     )
     return VideoRecord(**fields)
 

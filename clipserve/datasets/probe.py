@@ -1,65 +1,62 @@
-"""Probe one video file with PyAV: a packet scan that decodes keyframes only.
+"""Probe one video file with PyAV: what the index stores about it.
 
-The scan reads every packet of the video stream and derives what the index stores: exact frame
-count, per-frame presentation timestamps, keyframe positions, fps, duration, size, codec, rotation
-and whether there is audio. Only keyframe packets are decoded (at most ``KEYFRAME_CHECK_ALL`` of
-them, then one in ``KEYFRAME_CHECK_STRIDE``), each on its own: that gives the coded frame size the
-executors will really see and catches streams whose size changes mid-stream (concatenated streams,
-adaptive-bitrate captures), which no executor can batch; a decode error on a lone keyframe is not
-held against the file (the executors report real decode errors with the frame). Frame index ``i`` is the ``i``-th frame a full
-sequential decode outputs, i.e. the ``i``-th smallest presentation timestamp among the packets the
-decoder keeps:
+One packet scan (``clipserve.media.packet_scan.scan_packets``, the scanner the PyAV executor uses
+too) reads every packet of the video stream and gives the frame count, per-frame presentation
+timestamps, keyframe positions, fps, duration, size, codec, rotation and whether there is audio.
+Frame index ``i`` is the ``i``-th frame a full sequential decode outputs:
 
-* packets of size 0 (flush/empty) produce no frame and are skipped;
-* packets flagged *discard* (e.g. MP4 edit lists that start mid-GOP) are decoded by FFmpeg but
-  their frames are dropped, so they are skipped too;
-* B-frame reordering and negative DTS do not matter because frames are ordered by PTS.
+* where packet timestamps identify frames (``frame_access='pts'``), frame ``i`` is the packet with
+  the ``i``-th smallest pts among those the decoder keeps (empty and *discard* packets make no
+  frame; B-frame reordering and negative DTS do not matter). No frame is decoded for this, except
+  keyframe packets: at most ``KEYFRAME_CHECK_ALL`` of them, then one in ``KEYFRAME_CHECK_STRIDE``,
+  each on its own, which gives the coded frame size the executors will really see and catches
+  streams whose size changes mid-stream (concatenated streams, adaptive-bitrate captures); a
+  decode error on a lone keyframe is not held against the file;
+* where they cannot (packets without pts, duplicated pts, decode-order pts with B-frames, a first
+  packet that is not a keyframe, DivX/XviD packed bitstreams; ``frame_access='sequential'``, the
+  reason in ``frame_access_reason``), the file is decoded once from start to end and the frames
+  the decoder outputs are counted: the count, the keyframe positions and the frame sizes are then
+  exact by definition (``num_frames_source='decode'``).
 
 Broken files never raise: :func:`probe_video` returns a :class:`ProbeResult` with
 ``status='broken'`` and a reason whose text before the first ':' is the category
-(see :data:`BROKEN_CATEGORIES`).
-
-:func:`probe_in_processes` probes many files in worker processes, one file per worker at a time,
-so a file that hangs (per-file timeout) or crashes its worker is recorded as broken instead of
-killing the run.
+(see :data:`BROKEN_CATEGORIES`). :class:`clipserve.datasets.probe_pool.ProbePool` probes many
+files in worker processes.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import signal
 import stat
 import time
-import zlib
-from collections import deque
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from fractions import Fraction
-from multiprocessing import get_context
-from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 import av
 import av.logging
 import numpy as np
 
-PROBE_VERSION = 2
-"""Bump when the probe's output changes meaning; cached results of other versions are re-probed."""
-
-BROKEN_CATEGORIES = (
-    "zero-byte file",
-    "unreadable",
-    "not a video",
-    "no video stream (audio-only)",
-    "truncated",
-    "corrupt",
-    "zero frames",
-    "probe timeout",
-    "probe crashed",
-    "resolution change",
+from clipserve.datasets.probe_format import (
+    BROKEN_CATEGORIES,
+    PROBE_VERSION,
+    ProbeResult,
+    decode_int64_deltas,
+    encode_int64_deltas,
+    timestamps_seconds,
 )
-"""Categories of ``broken_reason`` (the text before the first ':')."""
+from clipserve.media.packet_scan import MISSING_PTS, PacketScan, PacketScanError, scan_packets
+from clipserve.media.sequential import sequential_frames
+
+__all__ = [
+    "BROKEN_CATEGORIES",
+    "PROBE_VERSION",
+    "ProbeResult",
+    "decode_int64_deltas",
+    "encode_int64_deltas",
+    "probe_video",
+    "timestamps_seconds",
+]
 
 KEYFRAME_CHECK_ALL = 32
 """The first this many keyframes of a stream are decoded to read their frame size."""
@@ -80,71 +77,12 @@ _VIDEO_MAGIC = (
     (0, b"\x00\x00\x01\xba"),  # MPEG-PS
     (0, b"\x30\x26\xb2\x75"),  # ASF / WMV
 )
-_MISSING = -(2**63)
-"""Stand-in for a packet without a PTS."""
 _IMAGE_CODECS = frozenset({"png", "mjpeg", "jpegls", "bmp", "gif", "webp", "tiff", "jpeg2000", "ppm", "pgm", "apng", "qoi"})
 _ROTATION_RE = re.compile(r"rotation of (-?\d+(?:\.\d+)?) degrees")
 _STREAM_RE = re.compile(r"^\s*Stream #\d+:(\d+)")
 _VFR_RELATIVE_TOLERANCE = 0.01
 """Frame intervals may differ by one time-base tick (rounding, e.g. 33/34 ms at 29.97 fps in WebM)
 or by this fraction of the median interval before a stream counts as variable frame rate."""
-
-
-@dataclass
-class ProbeResult:
-    """What one packet scan found. Timestamps travel compactly: ``pts_deltas_blob`` is
-    zlib(int64 little-endian deltas of the sorted presentation timestamps, first delta 0), in
-    ``time_base_num / time_base_den`` seconds per tick; ``keyframe_deltas_blob`` is
-    zlib(int64 deltas of the keyframe frame indices, first value absolute)."""
-
-    status: str
-    broken_reason: str | None = None
-    codec: str = ""
-    pixel_format: str = ""
-    width_pixels: int = 0
-    height_pixels: int = 0
-    rotation_degrees: int = 0
-    has_audio: bool = False
-    num_frames: int = 0
-    num_frames_source: str = "packet_scan"
-    average_fps: float = 0.0
-    duration_seconds: float = 0.0
-    is_variable_frame_rate: bool = False
-    time_base_num: int = 1
-    time_base_den: int = 1
-    pts_deltas_blob: bytes = b""
-    keyframe_deltas_blob: bytes = b""
-    probe_seconds: float = 0.0
-    """Wall time of the probe (seconds)."""
-    probe_cpu_seconds: float = 0.0
-    """CPU time (user + system) the probing process spent on this file (seconds)."""
-
-    @classmethod
-    def broken(cls, reason: str, **fields: object) -> ProbeResult:
-        return cls(status="broken", broken_reason=reason, **fields)  # type: ignore[arg-type]
-
-
-def encode_int64_deltas(values: np.ndarray) -> bytes:
-    """zlib-compressed int64 first differences of ``values`` (first element kept as is)."""
-    values = np.asarray(values, dtype=np.int64)
-    if values.size == 0:
-        return b""
-    deltas = np.diff(values, prepend=np.int64(0))
-    return zlib.compress(deltas.astype("<i8", copy=False).tobytes(), 6)
-
-
-def decode_int64_deltas(blob: bytes) -> np.ndarray:
-    """Inverse of :func:`encode_int64_deltas`: the original int64 values."""
-    if not blob:
-        return np.zeros(0, dtype=np.int64)
-    return np.cumsum(np.frombuffer(zlib.decompress(blob), dtype="<i8"), dtype=np.int64)
-
-
-def timestamps_seconds(pts_deltas_blob: bytes, time_base_num: int, time_base_den: int) -> list[float]:
-    """Per-frame presentation times in seconds relative to the first frame, from a probe blob."""
-    ticks = decode_int64_deltas(pts_deltas_blob)
-    # (ticks * num) is exact in int64; one true division then rounds exactly like float(Fraction(...))
-    return (ticks * time_base_num / time_base_den).tolist()
 
 
 def _looks_like_video_container(path: Path) -> bool:
@@ -256,12 +194,12 @@ def _probe(path: Path) -> ProbeResult:
     except (OSError, ValueError) as exc:
         return ProbeResult.broken(f"unreadable: {exc}")
     try:
-        return _scan(container, size_bytes)
+        return _scan(container, size_bytes, path)
     finally:
         container.close()
 
 
-def _scan(container: av.container.InputContainer, size_bytes: int) -> ProbeResult:
+def _scan(container: av.container.InputContainer, size_bytes: int, path: Path) -> ProbeResult:
     format_name = container.format.name
     stream = _pick_video_stream(container)
     has_audio = len(container.streams.audio) > 0
@@ -280,77 +218,54 @@ def _scan(container: av.container.InputContainer, size_bytes: int) -> ProbeResul
         height_pixels=int(context.height or 0),
         has_audio=has_audio,
     )
-    for other in container.streams:
-        if other.index != stream.index:
-            other.discard = av.stream.Discard.all
     header_frames = int(stream.frames or 0)
     sizes = _KeyframeSizes(stream)
-    pts_list: list[int] = []
-    dts_list: list[int | None] = []
-    key_list: list[bool] = []
-    durations: list[int] = []
-    num_packets = 0
-    past_end = False
-    last_incomplete = False
-    first_tick: int | None = None
-    end_tick: int | None = None
     try:
-        for packet in container.demux(stream):
-            if not packet.size:
-                continue
-            num_packets += 1
-            if packet.pos is not None and packet.pos >= 0:
-                if packet.pos + packet.size > size_bytes:
-                    past_end = True
-                elif packet.is_corrupt and packet.pos + packet.size >= size_bytes:
-                    # the demuxer could read only part of this packet (FFmpeg flags it corrupt): the file ends in it
-                    past_end = last_incomplete = True
-            if packet.is_discard:
-                continue
-            if packet.is_keyframe:
-                sizes.check(packet)
-            ticks = [t for t in (packet.pts, packet.dts) if t is not None]
-            if ticks:
-                first_tick = min(ticks) if first_tick is None else min(first_tick, *ticks)
-                tick_end = max(ticks) + max(1, int(packet.duration or 0))
-                end_tick = tick_end if end_tick is None else max(end_tick, tick_end)
-            pts_list.append(packet.pts if packet.pts is not None else _MISSING)
-            dts_list.append(packet.dts)
-            key_list.append(bool(packet.is_keyframe))
-            durations.append(int(packet.duration or 0))
-    except av.error.FFmpegError as exc:
-        return ProbeResult.broken(f"corrupt: demuxing failed after {num_packets} packets ({exc})", **fields)
+        scan = scan_packets(container, stream, size_bytes=size_bytes, on_keyframe=sizes.check)
+    except PacketScanError as exc:
+        return ProbeResult.broken(f"corrupt: demuxing failed after {exc.num_packets} packets ({exc.error})", **fields)
+    num_packets = scan.num_packets
     # MP4 sample tables are exact and count samples; other headers (AVI) may be off by a frame or two,
     # and AVI's length counts time-base ticks (one per frame only when the time base is 1/fps: a
     # stream copied from MP4 keeps e.g. 1/600 and its length is then 20 ticks per frame)
     slack = 0 if format_name.startswith("mov") else max(2, header_frames // 100)
     covered = num_packets
-    if not format_name.startswith("mov") and first_tick is not None and end_tick is not None:
-        covered = max(num_packets, end_tick - first_tick)
-    if past_end or (header_frames > 0 and covered < header_frames - slack):
+    if not format_name.startswith("mov") and scan.first_tick is not None and scan.end_tick is not None:
+        covered = max(num_packets, scan.end_tick - scan.first_tick)
+    if scan.past_end or (header_frames > 0 and covered < header_frames - slack):
         return ProbeResult.broken(
             f"truncated: the file ends inside the data ({num_packets} of {header_frames or '?'} packets readable"
-            f"{', the last one incomplete' if last_incomplete else ''})",
+            f"{', the last one incomplete' if scan.last_incomplete else ''})",
             **fields,
         )
-    if not pts_list:
+    if scan.num_frame_packets == 0:
         return ProbeResult.broken("zero frames: the video stream holds no frames", **fields)
-    sizes.finish()
+    decoded: _Decoded | None = None
+    if scan.frame_access == "sequential":
+        decoded = _decode_all(path, stream.index)
+        if isinstance(decoded, str):
+            return ProbeResult.broken(decoded, **fields)
+        if decoded.num_frames == 0:
+            return ProbeResult.broken("zero frames: a full decode outputs no frame", **fields)
+        sizes.first, sizes.change, sizes.num_decoded = decoded.first_size, decoded.size_change, decoded.num_frames
+    else:
+        sizes.finish()
     if sizes.first is not None:
         fields["width_pixels"], fields["height_pixels"] = sizes.first  # what decoders really output
     if sizes.change is not None:
-        time_base = stream.time_base or Fraction(1, 1)
+        time_base = scan.time_base
         (old_w, old_h), (new_w, new_h), pts = sizes.change
-        first_pts = min(p for p in pts_list if p != _MISSING) if any(p != _MISSING for p in pts_list) else 0
+        known = scan.pts[scan.pts != MISSING_PTS]
+        first_pts = int(known.min()) if known.size else 0
         at = f" at {float((pts - first_pts) * time_base):.3f} s" if pts is not None else ""
+        how = "a full decode" if decoded is not None else f"decoding {sizes.num_decoded} keyframes"
         return ProbeResult.broken(
             f"resolution change: the coded frame size changes from {old_w}x{old_h} to {new_w}x{new_h}{at} "
-            f"(found by decoding {sizes.num_decoded} keyframes)", **fields)
-    if len(pts_list) == 1 and codec in _IMAGE_CODECS:
+            f"(found by {how})", **fields)
+    if scan.num_frame_packets == 1 and codec in _IMAGE_CODECS:
         return ProbeResult.broken(f"not a video: a single {codec} image (format {format_name})", **fields)
     fields["rotation_degrees"] = _rotation_degrees(container, stream)
-    time_base = stream.time_base or Fraction(1, 1)
-    result = _timing(pts_list, dts_list, key_list, durations, time_base, stream, fields)
+    result = _timing(scan, decoded, stream, fields)
     tagged_seconds = _tagged_duration_seconds(stream.metadata.get("DURATION") or stream.metadata.get("duration"))
     if tagged_seconds is not None and result.average_fps > 0:
         # Matroska/WebM: FFmpeg writes each track's duration as a tag when it finishes the file;
@@ -361,6 +276,42 @@ def _scan(container: av.container.InputContainer, size_bytes: int) -> ProbeResul
                 f"truncated: the video stream ends at {result.duration_seconds:.3f} s but its header says "
                 f"{tagged_seconds:.3f} s", **fields)
     return result
+
+
+class _Decoded:
+    """What a full sequential decode of a 'sequential' file found."""
+
+    def __init__(self) -> None:
+        self.num_frames = 0
+        self.keyframe_indices: list[int] = []
+        self.frame_pts: list[int | None] = []
+        self.first_size: tuple[int, int] | None = None
+        self.size_change: tuple[tuple[int, int], tuple[int, int], int | None] | None = None
+
+
+def _decode_all(path: Path, stream_index: int) -> _Decoded | str:
+    """Decode the whole stream from a fresh open, as the executor's sequential path does; a broken
+    reason instead when that fails."""
+    decoded = _Decoded()
+    try:
+        with av.open(str(path), metadata_errors="replace") as container:
+            stream = container.streams[stream_index]
+            stream.codec_context.thread_count = 1
+            # only the count, keyframe flags and sizes are read: the pixels need no IDCT or loop filter
+            stream.codec_context.options = {"skip_loop_filter": "all", "skip_idct": "all"}
+            for frame in sequential_frames(container, stream):
+                size = (int(frame.width), int(frame.height))
+                if decoded.first_size is None:
+                    decoded.first_size = size
+                elif size != decoded.first_size and decoded.size_change is None:
+                    decoded.size_change = (decoded.first_size, size, frame.pts)
+                if frame.key_frame:
+                    decoded.keyframe_indices.append(decoded.num_frames)
+                decoded.frame_pts.append(frame.pts)
+                decoded.num_frames += 1
+    except (av.error.FFmpegError, OSError) as exc:
+        return f"corrupt: a full decode failed after {decoded.num_frames} frames ({exc})"
+    return decoded
 
 
 class _KeyframeSizes:
@@ -415,32 +366,43 @@ def _tagged_duration_seconds(tag: str | None) -> float | None:
 
 
 
+def _frame_ticks(
+    scan: PacketScan, decoded: _Decoded | None, stream: av.video.stream.VideoStream
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """(per-frame ticks in presentation order, keyframe frame indices, num_frames_source)."""
+    if decoded is None:
+        order = np.argsort(scan.pts, kind="stable")
+        return scan.pts[order], np.flatnonzero(scan.is_keyframe[order]).astype(np.int64), "packet_scan"
+    keyframes = np.asarray(decoded.keyframe_indices, dtype=np.int64)
+    n = decoded.num_frames
+    # the packets' time slots, when they pair up with the decoded frames (AVI: one slot per chunk)
+    slots = np.where(scan.pts != MISSING_PTS, scan.pts, scan.dts)
+    if slots.size == n and not (slots == MISSING_PTS).any() and np.unique(slots).size == n:
+        return np.sort(slots), keyframes, "decode"
+    frame_pts = decoded.frame_pts
+    if all(p is not None for p in frame_pts):
+        ticks = np.asarray(frame_pts, dtype=np.int64)
+        if n < 2 or (np.diff(ticks) > 0).all():
+            return ticks, keyframes, "decode"
+    # neither pairs up: evenly spaced at the stream's rate, rounded per frame (not per step, which
+    # would turn 30 fps in a 1/1000 time base into 33 ms steps, 30.3 fps)
+    rate = stream.average_rate or stream.guessed_rate or Fraction(30)
+    ticks_per_frame = max(1.0, 1 / (float(rate) * float(scan.time_base)))
+    return np.round(np.arange(n) * ticks_per_frame).astype(np.int64), keyframes, "decode"
+
+
 def _timing(
-    pts_list: list[int],
-    dts_list: list[int | None],
-    key_list: list[bool],
-    durations: list[int],
-    time_base: Fraction,
+    scan: PacketScan,
+    decoded: _Decoded | None,
     stream: av.video.stream.VideoStream,
     fields: dict[str, object],
 ) -> ProbeResult:
-    num_frames = len(pts_list)
-    pts = np.asarray(pts_list, dtype=np.int64)
-    keys = np.asarray(key_list, dtype=bool)
-    source = "packet_scan"
-    if (pts == _MISSING).any():
-        if all(d is not None for d in dts_list):
-            # no PTS (e.g. some AVI): without B-frames decode order is presentation order
-            pts = np.asarray(dts_list, dtype=np.int64)
-        else:
-            rate = stream.average_rate or stream.guessed_rate or Fraction(30)
-            ticks_per_frame = max(1, round(1 / (float(rate) * float(time_base))))
-            pts = np.arange(num_frames, dtype=np.int64) * ticks_per_frame
-            source = "estimate"
-    order = np.argsort(pts, kind="stable")
-    pts_sorted = pts[order]
-    keyframe_indices = np.flatnonzero(keys[order]).astype(np.int64)
-    last_duration = int(np.asarray(durations, dtype=np.int64)[order][-1])
+    time_base = scan.time_base
+    pts_sorted, keyframe_indices, source = _frame_ticks(scan, decoded, stream)
+    num_frames = int(pts_sorted.size)
+    known_durations = scan.duration_ticks[scan.duration_ticks > 0]
+    last_duration = int(scan.duration_ticks[np.argmax(scan.pts)]) if decoded is None else (
+        int(np.median(known_durations)) if known_durations.size else 0)
     relative = pts_sorted - pts_sorted[0]
     # equal timestamps (rare, broken muxers): nudge by one tick so they stay strictly increasing
     if num_frames > 1 and (np.diff(relative) <= 0).any():
@@ -464,6 +426,8 @@ def _timing(
         status="ok",
         num_frames=num_frames,
         num_frames_source=source,
+        frame_access=scan.frame_access,
+        frame_access_reason=scan.access_problem,
         average_fps=float(average_fps),
         duration_seconds=float((span_ticks + frame_ticks) * seconds_per_tick),
         is_variable_frame_rate=bool(is_vfr),
@@ -481,156 +445,3 @@ def _strictly_increasing(ticks: np.ndarray) -> np.ndarray:
         if out[i] <= out[i - 1]:
             out[i] = out[i - 1] + 1
     return out
-
-
-# ----------------------------------------------------------------------------- worker processes
-
-
-def _worker_main(connection: Connection, parent_pid: int) -> None:
-    """Worker loop: receive ``(task_id, path)``, send ``(task_id, ProbeResult)``; ``None`` stops.
-    Exits by itself when the parent process disappears (e.g. killed with SIGKILL)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
-    while True:
-        try:
-            if not connection.poll(1.0):
-                try:
-                    os.kill(parent_pid, 0)
-                except ProcessLookupError:
-                    return
-                continue
-            task = connection.recv()
-        except (EOFError, OSError):
-            return
-        if task is None:
-            return
-        task_id, path = task
-        try:
-            result = probe_video(path)
-        except Exception as exc:  # anything PyAV or the OS throws is a property of this file
-            result = ProbeResult.broken(f"corrupt: probe failed ({type(exc).__name__}: {exc})")
-        try:
-            connection.send((task_id, result))
-        except (BrokenPipeError, OSError):
-            return
-
-
-@dataclass
-class _Worker:
-    process: object
-    connection: Connection
-    task_id: int | None = None
-    started: float = 0.0
-
-
-class ProbePool:
-    """Worker processes that probe one file each at a time, with a per-file timeout.
-
-    Use :meth:`run` (a generator of ``(task_id, ProbeResult)`` in completion order); always
-    :meth:`close` (or use as a context manager) so no process outlives the pool.
-    """
-
-    def __init__(self, workers: int, *, timeout_seconds: float = 60.0) -> None:
-        if workers < 1:
-            raise ValueError(f"workers ({workers}) must be >= 1")
-        if timeout_seconds <= 0:
-            raise ValueError(f"timeout_seconds ({timeout_seconds}) must be > 0")
-        method = "forkserver" if os.name == "posix" and os.uname().sysname == "Linux" else "spawn"
-        self._context = get_context(method)
-        if method == "forkserver":
-            # the server imports PyAV once; each worker forked from it starts ready to probe
-            self._context.set_forkserver_preload(["clipserve.datasets.probe"])
-        self._timeout_seconds = float(timeout_seconds)
-        self._workers: list[_Worker] = [self._start_worker() for _ in range(workers)]
-
-    def _start_worker(self) -> _Worker:
-        parent_end, child_end = self._context.Pipe(duplex=True)
-        process = self._context.Process(target=_worker_main, args=(child_end, os.getpid()), daemon=True,
-                                        name="clipserve-probe")
-        process.start()
-        child_end.close()
-        return _Worker(process=process, connection=parent_end)
-
-    @property
-    def worker_pids(self) -> list[int]:
-        """Process ids of the current workers (a crashed worker is replaced by a new pid)."""
-        return [w.process.pid for w in self._workers]  # type: ignore[attr-defined]
-
-    def busy_pids(self) -> dict[int, int]:
-        """``{task_id: pid}`` of the workers currently probing a file."""
-        return {w.task_id: w.process.pid for w in self._workers if w.task_id is not None}  # type: ignore[attr-defined]
-
-    def run(self, paths: Sequence[str | Path]) -> Iterator[tuple[int, ProbeResult]]:
-        """Probe ``paths``; yield ``(position in paths, result)`` as each file finishes."""
-        pending = deque(range(len(paths)))
-        path_strings = [str(p) for p in paths]
-
-        def assign(worker: _Worker) -> None:
-            if pending:
-                task_id = pending.popleft()
-                worker.task_id, worker.started = task_id, time.monotonic()
-                worker.connection.send((task_id, path_strings[task_id]))
-
-        for worker in self._workers:
-            assign(worker)
-        while any(w.task_id is not None for w in self._workers):
-            busy = [w for w in self._workers if w.task_id is not None]
-            now = time.monotonic()
-            wait_seconds = max(0.0, min(w.started + self._timeout_seconds for w in busy) - now)
-            handles = [w.connection for w in busy] + [w.process.sentinel for w in busy]  # type: ignore[attr-defined]
-            ready = set(wait(handles, timeout=min(wait_seconds, 1.0) + 0.01))
-            for index, worker in enumerate(self._workers):
-                if worker.task_id is None:
-                    continue
-                task_id = worker.task_id
-                if worker.connection in ready:
-                    try:
-                        received_id, result = worker.connection.recv()
-                    except (EOFError, OSError):
-                        received_id, result = task_id, None
-                    if result is not None and received_id == task_id:
-                        worker.task_id = None
-                        yield task_id, result
-                        assign(worker)
-                        continue
-                dead = worker.process.sentinel in ready and not worker.process.is_alive()  # type: ignore[attr-defined]
-                timed_out = time.monotonic() - worker.started > self._timeout_seconds
-                if dead or (worker.connection in ready) or timed_out:
-                    code = self._stop(worker)
-                    if timed_out and not dead:
-                        reason = f"probe timeout: no answer within {self._timeout_seconds:g} s"
-                    else:
-                        reason = f"probe crashed: the worker process died (exit code {code})"
-                    self._workers[index] = self._start_worker()
-                    yield task_id, ProbeResult.broken(reason)
-                    assign(self._workers[index])
-
-    def _stop(self, worker: _Worker) -> int | None:
-        process = worker.process
-        if process.is_alive():  # type: ignore[attr-defined]
-            process.kill()  # type: ignore[attr-defined]
-        process.join(5)  # type: ignore[attr-defined]
-        worker.connection.close()
-        worker.task_id = None
-        return process.exitcode  # type: ignore[attr-defined]
-
-    def close(self) -> None:
-        """Stop every worker (politely, then by force); safe to call twice."""
-        for worker in self._workers:
-            try:
-                worker.connection.send(None)
-            except (OSError, ValueError):
-                pass
-        deadline = time.monotonic() + 2.0
-        for worker in self._workers:
-            worker.process.join(max(0.0, deadline - time.monotonic()))  # type: ignore[attr-defined]
-            if worker.process.is_alive():  # type: ignore[attr-defined]
-                worker.process.kill()  # type: ignore[attr-defined]
-                worker.process.join(5)  # type: ignore[attr-defined]
-            worker.connection.close()
-        self._workers = []
-
-    def __enter__(self) -> ProbePool:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

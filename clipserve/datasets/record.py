@@ -56,8 +56,14 @@ class VideoRecord(BaseModel):
     has_audio: bool = False
 
     num_frames: int = 0
-    num_frames_source: Literal["packet_scan", "header", "estimate"] = "packet_scan"
-    """Where ``num_frames`` came from: an exact packet scan, the container header, or duration × fps."""
+    num_frames_source: Literal["packet_scan", "decode", "header", "estimate"] = "packet_scan"
+    """Where ``num_frames`` came from: an exact packet scan, a full sequential decode (files whose
+    packet timestamps cannot identify frames), the container header, or duration × fps."""
+    frame_access: Literal["pts", "sequential"] = "pts"
+    """How executors find frame i in this file: 'pts' (packet timestamps identify frames: seek to a
+    keyframe and skip) or 'sequential' (count the decoder's output from the first packet)."""
+    frame_access_reason: str = ""
+    """Why packet timestamps cannot identify frames, e.g. 'packets without pts' ('' for 'pts')."""
     average_fps: float = 0.0
     """Frames per second averaged over the whole stream: (num_frames - 1) / (last pts - first pts)."""
     duration_seconds: float = 0.0

@@ -8,8 +8,10 @@
   machine DALI only where every codec is VP8/VP9/MJPEG *and* DALI's CPU path is faster than PyAV
   (``DALI_CPU_FASTER_THAN_PYAV``, measured by ``benchmarks/gpu_bench.py``); PyAV otherwise.
 
-A codec the chosen backend cannot decode raises ``UnsupportedCodecError`` naming the codec, the
-backend and what to do, before anything is decoded.
+Support is decided by the decoders themselves: PyAV by looking FFmpeg's decoder up
+(``pyav_decodes``), DALI by decoding a tiny sample of the codec on the chosen device
+(``dali_accepts``). A codec the chosen backend cannot decode raises ``UnsupportedCodecError``
+naming the codec, the backend and what to do, before anything is decoded.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ BackendRequest = Literal["auto", "pyav", "dali"]
 Backend = Literal["pyav", "dali"]
 
 DALI_CPU_CODECS: frozenset[str] = frozenset({"vp8", "vp9", "mjpeg"})
-"""Codecs (FFmpeg names) DALI ≥ 2.1.1 decodes on the CPU."""
+"""Codecs (FFmpeg names) DALI ≥ 2.1.1 documents for its CPU decoder (what the installed DALI really
+accepts is asked with ``dali_accepts``)."""
 DALI_GPU_CODECS: frozenset[str] = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg"})
-"""Codecs DALI decodes with NVDEC (``device='mixed'``)."""
+"""Codecs DALI documents for NVDEC (``device='mixed'``)."""
 
 DALI_CPU_FASTER_THAN_PYAV = False
 """Measured (benchmarks/gpu_bench.py --cpu-only: VP9 340×256, ρ=4, T=8, 224², 2-core VM): DALI's CPU
@@ -107,10 +110,28 @@ def unsupported_codec_message(codec: str, backend: str) -> str:
     return f"codec {shown} cannot be decoded by PyAV on this machine (FFmpeg has no decoder for it): re-encode the videos (e.g. to H.264 or VP9)"
 
 
-def _pyav_decodes(codec: str) -> bool:
+def pyav_decodes(codec: str) -> bool:
+    """True when this FFmpeg has a decoder for ``codec``, decided by FFmpeg itself: the decoder is
+    looked up by codec name ('msmpeg4v3', DivX 3) or decoder name ('msmpeg4'). (``av.codecs_available``
+    lists decoder and encoder names, not codec names: it has 'msmpeg4' but not 'msmpeg4v3'.)"""
     import av
 
-    return codec in av.codecs_available or codec in {"h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg"}
+    try:
+        av.codec.Codec(codec, "r")
+    except Exception:  # av.codec.codec.UnknownCodecError (a ValueError in older PyAV)
+        return False
+    return True
+
+
+def dali_accepts(codec: str, device: Literal["cpu", "gpu"], *, ask_dali: bool = True) -> bool:
+    """True when DALI's video decoder on ``device`` decodes ``codec``: decided by DALI itself on a
+    tiny sample (``clipserve.executors.dali_codecs.dali_decodes``, cached per process) when
+    ``ask_dali``, else by the codecs DALI's documentation lists."""
+    from clipserve.executors.dali_codecs import DALI_DOCUMENTED_CODECS, dali_decodes
+
+    if ask_dali:
+        return dali_decodes(codec, device)
+    return normalize_codec(codec) in DALI_DOCUMENTED_CODECS[device]
 
 
 def choose_backend(
@@ -144,19 +165,20 @@ def choose_backend(
     has_cuda = (cuda_usable() if cuda is None else cuda) and has_dali
     if requested == "pyav":
         for codec in wanted:
-            if not _pyav_decodes(codec):
+            if not pyav_decodes(codec):
                 raise UnsupportedCodecError(unsupported_codec_message(codec, "pyav"))
         return "pyav"
-    dali_codecs = DALI_GPU_CODECS if has_cuda else DALI_CPU_CODECS
-    dali_decodes_all = all(codec in dali_codecs for codec in wanted)
+    # the real DALI is asked only about the real machine (tests pass cuda/dali_available to simulate one)
+    ask_dali = has_dali and cuda is None and dali_available is None
+    device: Literal["cpu", "gpu"] = "gpu" if has_cuda else "cpu"
     if requested == "dali":
         if not has_dali:
             raise ConfigError("backend 'dali' needs NVIDIA DALI (pip install 'clipserve[dali]'); use --backend pyav")
         for codec in wanted:
-            if codec not in dali_codecs:
+            if not dali_accepts(codec, device, ask_dali=ask_dali):
                 raise UnsupportedCodecError(unsupported_codec_message(codec, "dali-gpu" if has_cuda else "dali-cpu"))
         return "dali"
     # auto
-    if has_dali and dali_decodes_all and (has_cuda or dali_cpu_faster):
+    if has_dali and (has_cuda or dali_cpu_faster) and all(dali_accepts(c, device, ask_dali=ask_dali) for c in wanted):
         return "dali"
     return choose_backend("pyav", wanted)

@@ -51,7 +51,7 @@ import av
 import numpy as np
 
 from clipserve.errors import DecodeError, UnsupportedCodecError
-from clipserve.executors.backend import DALI_CPU_CODECS, DALI_GPU_CODECS, unsupported_codec_message
+from clipserve.executors.backend import dali_accepts, unsupported_codec_message
 from clipserve.executors.dali_pipeline import (
     DECODE_INPUT_NAMES,
     INPUT_NAMES,
@@ -63,6 +63,7 @@ from clipserve.executors.dali_pipeline import (
     sorted_frames,
 )
 from clipserve.executors.yuv import UNTAGGED_COLOUR, bt601_rgb_correction, declared_colour
+from clipserve.media.packet_scan import PacketScanError, scan_packets
 from clipserve.plan_models import ClipPlan
 
 __all__ = ["DaliExecutor", "decode_frames", "probe_video"]
@@ -74,7 +75,9 @@ def probe_video(data: bytes | np.ndarray, device: Device) -> str:
     """Check, cheaply with PyAV, that DALI can be given these bytes; return the codec name.
 
     Opens the container from memory, requires a video stream whose codec this DALI backend decodes
-    (``DALI_CPU_CODECS`` / ``DALI_GPU_CODECS``) and decodes its first frame.
+    (``dali_accepts``: DALI itself decides, on a tiny sample of the codec), decodes its first frame,
+    and refuses files whose packet timestamps cannot identify frames (``clipserve.media.packet_scan``:
+    DALI's decoder numbers frames by packet pts, so it would return wrong frames for them).
 
     Raises:
         UnsupportedCodecError: the codec is not decodable by this backend.
@@ -82,23 +85,32 @@ def probe_video(data: bytes | np.ndarray, device: Device) -> str:
     """
     import io
 
-    buffer = io.BytesIO(bytes(data))
-    if not buffer.getbuffer().nbytes:
+    raw = bytes(data)
+    if not raw:
         raise DecodeError("empty file (0 bytes)")
     try:
-        with av.open(buffer, mode="r") as container:
+        with av.open(io.BytesIO(raw), mode="r") as container:
             if not container.streams.video:
                 raise DecodeError("no video stream")
             stream = container.streams.video[0]
             codec = stream.codec_context.name
-            supported = DALI_GPU_CODECS if device == "gpu" else DALI_CPU_CODECS
-            if codec not in supported:
+            if not dali_accepts(codec, device):
                 raise UnsupportedCodecError(unsupported_codec_message(codec, "dali-gpu" if device == "gpu" else "dali-cpu"))
             for _ in container.decode(stream):
-                return codec
-            raise DecodeError("no decodable video frame")
+                break
+            else:
+                raise DecodeError("no decodable video frame")
+        with av.open(io.BytesIO(raw), mode="r") as container:
+            # the scanner the index and the PyAV executor use: DALI finds frames by packet pts
+            scan = scan_packets(container, container.streams.video[0])
+        if scan.frame_access != "pts":
+            raise DecodeError(f"packet timestamps do not identify frames ({scan.access_problem}): DALI would index "
+                              "frames by them; the PyAV executor (--backend pyav) serves this file exactly")
+        return codec
     except DecodeError:
         raise
+    except PacketScanError as exc:
+        raise DecodeError(f"unreadable video: {exc}") from exc
     except (av.FFmpegError, ValueError, OSError, EOFError) as exc:
         raise DecodeError(f"unreadable video: {exc}") from exc
 

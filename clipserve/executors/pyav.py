@@ -1,12 +1,14 @@
 """PyAV executor: decode each video once for all ρ clips of its plan, frame-accurately, on one CPU thread.
 
 Frame numbering: frame index i is the i-th frame a full sequential decode outputs (presentation
-order). A quick demux scan (packets only, no decoding) lists every packet's pts; sorted, they give
-frame i's pts, and the keyframe packets give the seek points.
+order). A quick demux scan (packets only, no decoding; ``clipserve.media.packet_scan``, the scanner
+the index uses) lists every packet's pts; sorted, they give frame i's pts, and the keyframe packets
+give the seek points.
 
 Decode strategy (``_decode_indices``):
 
-1. Sort the unique needed indices; seek to the keyframe at or before the first one.
+1. Sort the unique needed indices; seek to the keyframe at or before the first one (a demuxer that
+   lands past it, such as MPEG-TS, is asked again for an earlier point).
 2. Decode forward. Before each packet is sent, ``codec_context.skip_frame`` is set to ``"NONREF"``
    when the packet's frame is not needed and to ``"DEFAULT"`` when it is: the decoder then drops
    only non-reference frames that no clip needs, so every frame it returns is exact (skipping
@@ -16,11 +18,14 @@ Decode strategy (``_decode_indices``):
 4. Each needed frame is handed to a callback as soon as it comes out, identified by its pts; the
    callback converts only what it needs (a crop, before RGB conversion; ``clipserve.executors.yuv``).
 
-If anything about the file breaks these assumptions (packets without pts, duplicate pts, a first
-packet that is not a keyframe, a seek that lands past its target, a needed frame that never came
-out), the executor falls back to a plain sequential decode that counts output frames, which is
-exact by definition. Decoding uses one thread per process: a pool of processes fills the cores
-(frame threading adds output delay and was measured slower for this workload in issue 3).
+Files whose packet timestamps cannot identify frames (the scanner's ``frame_access == 'sequential'``:
+packets without pts, duplicate pts, decode-order pts with B-frames as in H.264 AVIs, DivX/XviD packed
+bitstreams, a first packet that is not a keyframe; the index records the same verdict) and files
+that break the seek path at run time (a seek that lands past its target and cannot be retried, a
+needed frame that never came out) are decoded by a plain sequential decode
+(``clipserve.media.sequential``) that counts output frames, which is exact by definition.
+Decoding uses one thread per process: a pool of processes fills the cores (frame threading adds
+output delay and was measured slower for this workload in issue 3).
 """
 
 from __future__ import annotations
@@ -35,12 +40,14 @@ import numpy as np
 
 from clipserve.errors import DecodeError
 from clipserve.executors.yuv import Box, coded_size, frame_region_to_rgb, rotate_upright, upright_box_to_coded
+from clipserve.media.packet_scan import PacketScanError, scan_packets
+from clipserve.media.sequential import sequential_frames
 from clipserve.plan_models import AugmentParams, ClipPlan
 
 AugmentFn = Callable[[np.ndarray, AugmentParams], np.ndarray]
 FrameCallback = Callable[[int, av.VideoFrame], None]
 
-__all__ = ["DecodeStats", "StreamScan", "decode_clip_regions", "decode_frames", "execute_plan", "scan_stream"]
+__all__ = ["DecodeStats", "StreamScan", "decode_clip_regions", "decode_frames", "execute_plan"]
 
 
 @dataclass
@@ -65,7 +72,7 @@ class DecodeStats:
 
 @dataclass(frozen=True)
 class StreamScan:
-    """What a demux scan (no decoding) tells about a video stream, in stream time base units."""
+    """What the packet scan (``clipserve.media.packet_scan``) tells the executor, in stream time base units."""
 
     frame_pts: list[int]
     """Presentation timestamps sorted: ``frame_pts[i]`` is frame i's pts (empty if unusable)."""
@@ -78,46 +85,20 @@ class StreamScan:
     """Why ``exact`` is False."""
 
 
-def scan_stream(container: av.container.InputContainer, stream: av.VideoStream) -> StreamScan:
-    """Read every packet of ``stream`` (no decoding) and rewind; a few ms for a 10 s clip."""
-    pts_list: list[int] = []
-    keyframe_pts: list[int] = []
-    missing_pts = False
-    first_is_key: bool | None = None
+def _scan_stream(container: av.container.InputContainer, stream: av.VideoStream) -> StreamScan:
+    """Scan every packet of ``stream`` (no decoding; a few ms for a 10 s clip); the index's probe
+    uses the same scanner, so both agree on ``frame_access``."""
     try:
-        for packet in container.demux(stream):
-            if packet.size == 0 or packet.is_discard:
-                continue
-            if first_is_key is None:
-                first_is_key = packet.is_keyframe
-            if packet.pts is None:
-                missing_pts = True
-                pts_list.append(-1)
-                continue
-            pts_list.append(packet.pts)
-            if packet.is_keyframe:
-                keyframe_pts.append(packet.pts)
-    except av.error.FFmpegError as error:
-        raise DecodeError(f"cannot read packets: {error}") from error
-    num_packets = len(pts_list)
-    reason = ""
-    if num_packets == 0:
-        reason = "no video packets"
-    elif missing_pts:
-        reason = "packets without pts"
-    elif len(set(pts_list)) != num_packets:
-        reason = "duplicate packet pts"
-    elif not first_is_key:
-        reason = "first packet is not a keyframe"
-    elif any(b <= a for a, b in zip(keyframe_pts, keyframe_pts[1:])):
-        reason = "keyframe pts not increasing"
-    exact = reason == ""
+        scan = scan_packets(container, stream)
+    except PacketScanError as error:
+        raise DecodeError(f"cannot read packets: {error.error}") from error
+    exact = scan.frame_access == "pts"
     return StreamScan(
-        frame_pts=sorted(pts_list) if exact else [],
-        keyframe_pts=keyframe_pts if exact else [],
-        num_packets=num_packets,
+        frame_pts=scan.frame_pts().tolist() if exact else [],
+        keyframe_pts=scan.keyframe_pts().tolist() if exact else [],
+        num_packets=scan.num_frame_packets,
         exact=exact,
-        reason=reason,
+        reason=scan.access_problem,
     )
 
 
@@ -137,6 +118,10 @@ def _open(source: str | Path) -> tuple[av.container.InputContainer, av.VideoStre
     return container, stream
 
 
+SEEK_ATTEMPTS = 3
+"""Keyframe pts tried (the wanted keyframe's, then earlier ones) before seeking to the file's start."""
+
+
 class _Done(Exception):
     """Raised inside the decode loop once every needed frame has been handed on."""
 
@@ -149,7 +134,7 @@ def _decode_indices(source: str | Path, indices: Sequence[int], on_frame: FrameC
     wanted = sorted(set(int(i) for i in indices))
     container, stream = _open(source)
     try:
-        scan = scan_stream(container, stream)
+        scan = _scan_stream(container, stream)
         if scan.num_packets == 0:
             raise DecodeError(f"{source} has a video stream without packets")
         if wanted and (wanted[0] < 0 or (scan.exact and wanted[-1] >= len(scan.frame_pts))):
@@ -218,25 +203,38 @@ def _seek_and_skip(
     last_seek = [-1]
 
     def seek_to(position: int) -> Iterator[av.Packet]:
-        # Seeking on the keyframe's pts lands on it (MP4, Matroska); a demuxer that lands earlier is
-        # harmless (we decode forward, and never seek to the same keyframe twice in a row).
+        """Packets from the keyframe at ``position`` (or an earlier one) on. Seeking on a keyframe's
+        pts lands on it in MP4 and Matroska; MPEG-TS lands a little past it (it seeks by decode
+        time), so earlier keyframes' pts and then the stream start are tried, and the packets before
+        the first keyframe reached are dropped (not decoded). Starting at an earlier keyframe is
+        harmless: we decode forward, and never seek to the same keyframe twice in a row."""
         last_seek[0] = position
-        try:
-            container.seek(keyframe_pts[position], stream=stream, backward=True, any_frame=False)
-        except av.error.FFmpegError as error:
-            raise _FallBack(f"seek to keyframe pts {keyframe_pts[position]} failed: {error}") from error
-        codec.flush_buffers()
-        stats.seeks += 1
-        packets = _packets(container, stream)
-        first = next(packets, None)
-        if first is None or not first.is_keyframe or first.pts is None or first.pts > keyframe_pts[position]:
-            raise _FallBack(f"seek to keyframe pts {keyframe_pts[position]} landed on pts {getattr(first, 'pts', None)}")
+        attempts: list[int | None] = [keyframe_pts[k] for k in range(position, max(-1, position - SEEK_ATTEMPTS), -1)]
+        for offset in [*attempts, None]:
+            try:
+                if offset is None:
+                    container.seek(0)  # the start of the file
+                else:
+                    container.seek(offset, stream=stream, backward=True, any_frame=False)
+            except av.error.FFmpegError as error:
+                raise _FallBack(f"seek to keyframe pts {keyframe_pts[position]} failed: {error}") from error
+            codec.flush_buffers()
+            stats.seeks += 1
+            packets = _packets(container, stream)
+            for first in packets:
+                if first.is_keyframe and first.pts in keyframe_position:
+                    break
+            else:
+                continue
+            if keyframe_position[first.pts] > position:
+                continue  # landed past the keyframe: try an earlier point
 
-        def chain() -> Iterator[av.Packet]:
-            yield first
-            yield from packets
+            def chain(first: av.Packet = first, packets: Iterator[av.Packet] = packets) -> Iterator[av.Packet]:
+                yield first
+                yield from packets
 
-        return chain()
+            return chain()
+        raise _FallBack(f"no seek reached the keyframe at pts {keyframe_pts[position]}")
 
     packets = seek_to(keyframe_for(pending[0]))
     skip_mode = "DEFAULT"
@@ -276,9 +274,11 @@ def _seek_and_skip(
 
 
 def _packets(container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.Packet]:
+    """Non-empty packets in file order; *discard* ones included (they may be references: the
+    decoder drops their frames itself)."""
     try:
         for packet in container.demux(stream):
-            if packet.size == 0 or packet.is_discard:
+            if packet.size == 0:
                 continue
             yield packet
     except av.error.FFmpegError as error:
@@ -312,28 +312,22 @@ def _sequential_in(
     stats: DecodeStats,
     source: str | Path,
 ) -> None:
-    codec = stream.codec_context
     targets = set(wanted)
     last = wanted[-1]
     count = 0
-
-    def take(frames: list[av.VideoFrame]) -> bool:
-        nonlocal count
+    frames = sequential_frames(container, stream)
+    try:
         for frame in frames:
             stats.frames_decoded += 1
             if count in targets:
                 deliver(count, frame)
             count += 1
             if count > last:
-                return True
-        return False
-
-    for packet in _packets(container, stream):
-        stats.packets_sent += 1
-        if take(_decode(codec, packet)):
-            return
-    if take(_decode(codec, None)):
-        return
+                return
+    except av.error.FFmpegError as error:
+        raise DecodeError(f"corrupt video data after frame {count - 1} of {source}: {error}") from error
+    finally:
+        frames.close()
     raise DecodeError(f"frame index {last} is out of range [0, {count}) for {source} (a full decode gives {count} frames)")
 
 
