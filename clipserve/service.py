@@ -23,6 +23,7 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from clipserve import __version__
@@ -90,7 +91,7 @@ class ServiceState:
         self.augment = config.augment()
         if not index.records:
             raise DatasetError(_no_usable_video_message(config, index))
-        self.backend = _resolve_backend(config.backend, index.records)
+        self.backend = resolve_backend(config.backend, index.records)
         self.layout = BatchLayout.for_configs(config.batch_size, self.sampling, self.augment)
         removed = cleanup_stale_segments()
         if removed:
@@ -348,14 +349,22 @@ def build_service_index(config: ServiceConfig, *, progress: bool) -> VideoIndex:
     )
 
 
-def _resolve_backend(requested: str, records: list[VideoRecord]) -> str:
-    """'pyav' or 'dali' for this dataset's codecs (``choose_backend``: errors name codec and remedy)."""
-    from clipserve.executors.backend import choose_backend
+def resolve_backend(requested: str, records: Sequence[VideoRecord]) -> str:
+    """'pyav' or 'dali' for this dataset's codecs (``choose_backend``: errors name codec and remedy).
 
-    codecs = {record.codec for record in records}
+    Where DALI could be asked to decode samples of the codecs (``--backend dali``, or ``auto`` on
+    a machine with a CUDA device), ``choose_backend`` runs in a short-lived process: this one, the
+    REST control plane, never loads DALI or a CUDA context.
+    """
+    from clipserve.executors.backend import choose_backend, cuda_usable
+
+    codecs = sorted({record.codec for record in records})
     if requested == "pyav":  # nothing to detect
         return choose_backend(requested, codecs, cuda=False, dali_available=False)
-    return choose_backend(requested, codecs)  # asks the CUDA driver, imports neither torch nor DALI
+    if requested == "auto" and not cuda_usable():  # asks the CUDA driver only; DALI's CPU path is slower
+        return choose_backend(requested, codecs)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(choose_backend, requested, codecs).result()
 
 
 def _backend_description(backend: str) -> str:

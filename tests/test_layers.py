@@ -121,13 +121,17 @@ def test_only_the_api_imports_the_api() -> None:
 
 
 def test_the_rest_app_does_not_import_torch() -> None:
-    """Nor DALI: choosing the backend asks the CUDA driver through ctypes (before: ~670 MB RSS)."""
+    """Nor DALI: choosing the backend asks the CUDA driver through ctypes, and DALI (if it must be
+    asked) in a short-lived process (before: ~670 MB RSS)."""
     code = (
         "import sys\n"
         "from clipserve.api.app import create_app\n"
         "import clipserve.service, clipserve.commands.start\n"
-        "from clipserve.executors.backend import choose_backend, dali_device\n"
-        "choose_backend('auto', {'h264', 'vp9'}); dali_device()  # what the service asks at start\n"
+        "from types import SimpleNamespace\n"
+        "from clipserve.executors.backend import dali_device\n"
+        "from clipserve.service import resolve_backend\n"
+        "videos = [SimpleNamespace(codec='h264'), SimpleNamespace(codec='vp9')]\n"
+        "resolve_backend('auto', videos); dali_device()  # what the service asks at start\n"
         "heavy = sorted(m for m in ('torch', 'nvidia.dali', 'torchvision', 'cv2') if m in sys.modules)\n"
         "print(heavy)\n"
         "sys.exit(1 if heavy else 0)\n"

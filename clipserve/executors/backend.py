@@ -23,15 +23,11 @@ from collections.abc import Iterable
 from typing import Literal
 
 from clipserve.errors import ConfigError, UnsupportedCodecError
+from clipserve.executors.codec_names import DALI_CPU_CODECS, DALI_GPU_CODECS
 
 BackendRequest = Literal["auto", "pyav", "dali"]
 Backend = Literal["pyav", "dali"]
 
-DALI_CPU_CODECS: frozenset[str] = frozenset({"vp8", "vp9", "mjpeg"})
-"""Codecs (FFmpeg names) DALI ≥ 2.1.1 documents for its CPU decoder (what the installed DALI really
-accepts is asked with ``dali_accepts``)."""
-DALI_GPU_CODECS: frozenset[str] = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg"})
-"""Codecs DALI documents for NVDEC (``device='mixed'``)."""
 
 DALI_CPU_FASTER_THAN_PYAV = False
 """Measured (benchmarks/gpu_bench.py --cpu-only: VP9 340×256, ρ=4, T=8, 224², 2-core VM): DALI's CPU
