@@ -24,6 +24,7 @@ imported once in the fork server so (re)starting a worker is a cheap fork.
 from __future__ import annotations
 
 import collections
+import ctypes
 import importlib
 import itertools
 import logging
@@ -46,6 +47,7 @@ __all__ = ["MAX_STARTUP_DEATHS", "SupervisedPool", "TaskResult"]
 
 MAX_STARTUP_DEATHS = 8
 """Consecutive workers dying before finishing any task after which the pool gives up."""
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -75,9 +77,21 @@ def _resolve(function_ref: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module_name), name)
 
 
+def _die_with_parent() -> None:
+    """SIGKILL this worker when its parent process ends (Linux): the pool's process, or with
+    'forkserver' the fork server, which exits when the pool's process does; so a worker busy on a
+    hanging file does not outlive a killed service or indexer."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
 def _worker_main(conn: multiprocessing.connection.Connection, task_ref: str, initializer_ref: str | None) -> None:
     """Worker loop: receive (task_id, payload), reply with a header, then the pickled value and its buffers."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers end
+    _die_with_parent()
     if initializer_ref is not None:
         _resolve(initializer_ref)()
     task = _resolve(task_ref)
@@ -197,6 +211,11 @@ class SupervisedPool:
         """Workers holding at least one task."""
         with self._lock:
             return sum(1 for w in self._workers if w.outstanding)
+
+    def running(self) -> list[tuple[str, int]]:
+        """``(label, pid)`` of the task each busy worker is running."""
+        with self._lock:
+            return [(w.outstanding[0].label, w.process.pid) for w in self._workers if w.outstanding]
 
     # ----- submitting ------------------------------------------------------------------------------
 
