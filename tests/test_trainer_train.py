@@ -181,3 +181,13 @@ def test_extract_features_reads_one_epoch_and_skips_padding():
     # 10 videos in 3 batches of 4: the last batch has 2 padding entries, then epoch 1 stops the pass
     assert feats.shape == (10, 3) and sorted(videos.tolist()) == list(range(10))
     torch.testing.assert_close(labels, videos % 4)
+
+
+def test_a_run_that_stops_between_log_steps_still_writes_its_last_record(tmp_path):
+    """A loop stopped by its source (or its time budget) before a log boundary records the steps it made."""
+    config = make_config("simclr", "cpu", checkpoint_dir=str(tmp_path), **dict(SMALL, max_steps=100, log_every_steps=50))
+    result = train(config, _stream(limit_steps=3))
+    assert result.final_step == 3
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [3]
+    assert records[0]["loss"] == pytest.approx(sum(result.losses) / 3)

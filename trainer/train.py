@@ -255,6 +255,26 @@ def _train(config: TrainConfig, source: Iterable) -> TrainResult:
     result = TrainResult(first_step=start_step, final_step=start_step)
     step = start_step
     window = {"wait": first_wait_seconds, "clips": 0, "start": time.perf_counter() - first_wait_seconds, "loss": 0.0, "n": 0}
+
+    def write_metrics(lr: float, scalars: dict) -> None:
+        """Write one metrics record for the steps since the last one (the window), then start a new window."""
+        nonlocal window
+        elapsed = max(time.perf_counter() - window["start"], 1e-9)
+        record = {"step": step, "epoch": last_position["epoch"], "stream_step": last_position["step"],
+                  "loss": window["loss"] / window["n"], "lr": lr, **scalars,
+                  "clips_per_second": window["clips"] / elapsed, "data_wait_fraction": window["wait"] / elapsed,
+                  "time_unix_seconds": time.time()}
+        bar.set_postfix(loss=f"{record['loss']:.4f}", clips_s=f"{record['clips_per_second']:.1f}",
+                        wait=f"{100 * record['data_wait_fraction']:.0f}%", refresh=False)
+        if metrics_file is not None:
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+        if writer is not None:
+            for key, value in record.items():
+                if key not in ("step", "time_unix_seconds") and isinstance(value, (int, float)) and math.isfinite(value):
+                    writer.add_scalar(key, value, step)
+        window = {"wait": 0.0, "clips": 0, "start": time.perf_counter(), "loss": 0.0, "n": 0}
+
     model.train()
     interrupted = False
     loop_start = time.perf_counter()
@@ -302,21 +322,7 @@ def _train(config: TrainConfig, source: Iterable) -> TrainResult:
             window["loss"] += loss_mean
             window["n"] += 1
             if step % config.log_every_steps == 0 or step == config.max_steps:
-                elapsed = max(time.perf_counter() - window["start"], 1e-9)
-                record = {"step": step, "epoch": last_position["epoch"], "stream_step": last_position["step"],
-                          "loss": window["loss"] / window["n"], "lr": lr, **scalars,
-                          "clips_per_second": window["clips"] / elapsed, "data_wait_fraction": window["wait"] / elapsed,
-                          "time_unix_seconds": time.time()}
-                bar.set_postfix(loss=f"{record['loss']:.4f}", clips_s=f"{record['clips_per_second']:.1f}",
-                                wait=f"{100 * record['data_wait_fraction']:.0f}%", refresh=False)
-                if metrics_file is not None:
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
-                if writer is not None:
-                    for key, value in record.items():
-                        if key not in ("step", "time_unix_seconds") and isinstance(value, (int, float)) and math.isfinite(value):
-                            writer.add_scalar(key, value, step)
-                window = {"wait": 0.0, "clips": 0, "start": time.perf_counter(), "loss": 0.0, "n": 0}
+                write_metrics(lr, scalars)
             bar.update(1)
             if step % config.checkpoint_every_steps == 0 and step < config.max_steps:
                 save(step)
@@ -327,6 +333,8 @@ def _train(config: TrainConfig, source: Iterable) -> TrainResult:
     finally:
         ctrl_c.__exit__()
         bar.close()
+    if window["n"] > 0 and not interrupted:  # steps since the last record (the time budget stopped the loop)
+        write_metrics(lr, scalars)
     if not interrupted:
         result.checkpoint_path = save(step)
         if result.checkpoint_path is not None:
