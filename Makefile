@@ -30,6 +30,7 @@ test: venv
 # the quick CPU benchmarks (each prints JSON and a one-line summary; figures in docs/benchmarks.md)
 bench: venv
 	$(BIN)/python benchmarks/index.py
+	$(BIN)/python benchmarks/index_memory.py
 	$(BIN)/python benchmarks/augment.py
 	$(BIN)/python benchmarks/cpu_executor.py --quick
 	$(BIN)/python benchmarks/ring.py

@@ -26,7 +26,6 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from clipserve.batch import Batch  # noqa: E402
 from clipserve.transport import BatchLayout, ConsumerChannel, new_instance_token  # noqa: E402
 
 CONSUMER_SCRIPT = r"""
@@ -55,17 +55,6 @@ for _ in range(rounds):
     print(json.dumps({"round_done": True, "wall_clock": time.time(), "checksum": checksum}), flush=True)
 consumer.close()
 """
-
-
-@dataclass
-class _Batch:
-    clips: np.ndarray
-    video_index: np.ndarray
-    label: np.ndarray
-    clip_start_seconds: np.ndarray
-    is_padding: np.ndarray
-    epoch: int
-    step: int
 
 
 def memcpy_gb_per_s(
@@ -100,7 +89,7 @@ def ring_gb_per_s(
     rng = np.random.default_rng(1)
     b, rho = layout.batch_size, layout.num_clips
     sources = [
-        _Batch(
+        Batch(
             clips=rng.integers(0, 256, layout.clips_shape, dtype=np.uint8),
             video_index=np.arange(b, dtype=np.int64),
             label=np.zeros(b, dtype=np.int64),

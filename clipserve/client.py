@@ -5,7 +5,7 @@ Example::
     from clipserve.client import ClipStream
 
     with ClipStream("http://127.0.0.1:8000", rank=rank, world_size=world_size) as stream:
-        for batch in stream:                     # ClipBatch
+        for batch in stream:                     # clipserve.batch.Batch (torch tensors)
             x = batch.clips.cuda(non_blocking=False).float().div_(255)   # (B, ρ, C, T, H, W)
             ...
             checkpoint["stream"] = stream.state_dict()
@@ -45,13 +45,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import httpx
 import torch
 
+from clipserve.batch import Batch, StreamPosition
 from clipserve.errors import ClipserveError, LayoutChangedError, RingClosedError, RingError
 from clipserve.transport.channel import NoBatchError, RingConsumer
 from clipserve.transport.http_stream import FrameFormatError, iter_decode_frames
@@ -62,49 +62,6 @@ Transport = Literal["shm", "http"]
 
 class ClipStreamError(ClipserveError):
     """The service refused the request (4xx) or could not be reached within the timeout."""
-
-
-@dataclass
-class ClipBatch:
-    """One batch from the service.
-
-    Attributes:
-        clips: uint8 tensor (B, ρ, C, T, H, W), values in [0, 255]; with ``transport='shm'`` a
-            zero-copy view of a shared-memory slot, valid until ``release()`` (see module docs).
-        video_index: int64 tensor (B), index of each video in the service's dataset index.
-        label: int64 tensor (B), class id of each video.
-        clip_start_seconds: float32 tensor (B, ρ), start time of each clip in seconds.
-        is_padding: bool tensor (B), True for rows repeated to fill the last batch of an epoch.
-        epoch: epoch of this batch.
-        step: step of this batch within the epoch (per rank).
-    """
-
-    clips: torch.Tensor
-    video_index: torch.Tensor
-    label: torch.Tensor
-    clip_start_seconds: torch.Tensor
-    is_padding: torch.Tensor
-    epoch: int
-    step: int
-    _release: Callable[[], None] | None = field(default=None, repr=False, compare=False)
-
-    def release(self) -> None:
-        """Give the slot back to the service now (idempotent). ``clips`` must not be used after."""
-        release, self._release = self._release, None
-        if release is not None:
-            release()
-
-    def __enter__(self) -> ClipBatch:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
-
-    def __repr__(self) -> str:
-        return (
-            f"ClipBatch(epoch={self.epoch}, step={self.step}, clips={tuple(self.clips.shape)} "
-            f"{self.clips.dtype}, padding_rows={int(self.is_padding.sum())})"
-        )
 
 
 def _check_int(name: str, value: int, minimum: int) -> None:
@@ -174,7 +131,7 @@ class ClipStream:
         self._ring: RingConsumer | None = None
         self._frames: Iterator[Any] | None = None
         self._http_response: httpx.Response | None = None
-        self._current: ClipBatch | None = None
+        self._current: Batch | None = None
         self._closed = False
         token = os.environ.get("CLIPSERVE_TOKEN") if token is None else token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -230,7 +187,7 @@ class ClipStream:
     def __iter__(self) -> ClipStream:
         return self
 
-    def __next__(self) -> ClipBatch:
+    def __next__(self) -> Batch:
         if self._closed:
             raise StopIteration
         self._release_current()
@@ -278,10 +235,8 @@ class ClipStream:
     # ----- internals ----------------------------------------------------------------------------
 
     def _advance(self, epoch: int, step: int) -> None:
-        if self._steps_per_epoch is not None and step + 1 >= self._steps_per_epoch:
-            self._next_epoch, self._next_step = epoch + 1, 0
-        else:
-            self._next_epoch, self._next_step = epoch, step + 1
+        following = StreamPosition(epoch, step).next(self._steps_per_epoch)
+        self._next_epoch, self._next_step = following.epoch, following.step
 
     def _release_current(self) -> None:
         if self._current is not None:
@@ -358,12 +313,12 @@ class ClipStream:
         self._http_response = response
         self._frames = iter_decode_frames(response.iter_bytes())
 
-    def _receive(self) -> ClipBatch:
+    def _receive(self) -> Batch:
         if self._ring is not None:
             ring = self._ring
             message = ring.next_slot(self.timeout_seconds)
             views = ring.tensors(message.slot)
-            return ClipBatch(
+            return Batch(
                 clips=views["clips"],
                 video_index=views["video_index"].clone(),
                 label=views["label"].clone(),
@@ -381,7 +336,7 @@ class ClipStream:
         if frame.layout_id != self._layout_id:
             raise LayoutChangedError(f"frame layout_id {frame.layout_id} differs from {self._layout_id}")
         tensors = {name: torch.from_numpy(array) for name, array in frame.arrays.items()}
-        return ClipBatch(**tensors, epoch=frame.epoch, step=frame.step)
+        return Batch(**tensors, epoch=frame.epoch, step=frame.step)
 
     def _delete(self, consumer_id: str) -> None:
         try:

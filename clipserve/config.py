@@ -29,7 +29,8 @@ def _check_interval(name: str, value: tuple[float, float], low: float, high: flo
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # each field's docstring is its description: the help text of its flag wherever it has one
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class SamplingConfig(_Frozen):
@@ -43,21 +44,21 @@ class SamplingConfig(_Frozen):
     """
 
     num_clips: int = 2
-    """ρ, clips per video, in [1, 64]."""
+    """ρ, clips per video (count), in [1, 64]."""
     frames_per_clip: int = 8
-    """T, frames per clip, in [1, 512]."""
+    """T, frames per clip (frames), in [1, 512]."""
     frame_stride: int = 8
-    """τ, frames of the ``target_fps`` timeline between two sampled frames, in [1, 256]."""
+    """τ, frames of the target-fps timeline between two sampled frames (frames), in [1, 256]."""
     target_fps: float = 30.0
-    """Frames per second of the timeline that ``frame_stride`` counts in, in (0, 1000]."""
+    """Frame rate of the timeline the stride counts in (frames per second), in (0, 1000]."""
     max_span_seconds: float | None = None
-    """t_max: largest allowed distance between any two clip starts, in seconds; None = global."""
+    """t_max, largest distance between any two clip starts (seconds); unset: global sampling."""
     min_span_seconds: float = 0.0
-    """Smallest required distance between the earliest and latest clip start, in seconds."""
+    """Smallest distance between the earliest and the latest clip start (seconds)."""
     temporal_sampling: Literal["random", "centre"] = "random"
-    """'random': clip starts drawn as above (training); 'centre': no draw, clip c starts at
-    ``(c + 1/2)/ρ`` of the start range, so ρ=1 is the centre clip of the video (frozen-feature
-    evaluation, paper-spec §5); the span settings do not apply."""
+    """Clip starts: 'random' (drawn uniformly, as above; training) or 'centre' (no draw: clip c starts at
+    (c + 1/2)/ρ of the start range, so ρ=1 is the centre clip; frozen-feature evaluation,
+    paper-spec §5; the span settings do not apply)."""
 
     @field_validator("num_clips")
     @classmethod
@@ -126,7 +127,7 @@ class AugmentConfig(_Frozen):
     """
 
     crop_size_pixels: int = 224
-    """Output height and width in pixels, in [8, 1024]."""
+    """Height and width of every output frame (pixels), in [8, 1024]."""
     random_resized_crop: bool = True
     """Inception-style crop (area, aspect) of the source frame, resized to the output size."""
     crop_area_fraction: tuple[float, float] = (0.2, 0.766)

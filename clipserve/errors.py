@@ -41,3 +41,15 @@ class RingClosedError(RingError):
 
 class LayoutChangedError(RingError):
     """The service's batch layout changed since this consumer attached (e.g. different ρ or T)."""
+
+
+class WorkerCrashError(ClipserveError):
+    """The process decoding a video died (signal, exit, out of memory); not a property of the file."""
+
+
+class TaskTimeoutError(WorkerCrashError, TimeoutError):
+    """One task (decoding a video, probing a file) ran past its timeout; its worker was killed and replaced."""
+
+
+class ExecutorClosedError(ClipserveError):
+    """The executor (or worker pool) was closed, or cannot run, before the task ran."""

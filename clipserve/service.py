@@ -23,14 +23,23 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from clipserve import __version__
-from clipserve.api.schemas import ConsumerCreate, InfoPublic, StatsPublic
-from clipserve.dataplane.plane import DataPlane, ProducerFactory, steps_per_epoch
+from clipserve.batch import steps_per_epoch
+from clipserve.dataplane.errors import (
+    ConsumerConflictError,
+    ConsumerRequestError,
+    ServiceBusyError,
+    UnknownConsumerError,
+)
+from clipserve.dataplane.models import ConsumerCreate, StatsPublic
+from clipserve.dataplane.plane import MAX_CONSUMERS, DataPlane, ProducerFactory
 from clipserve.errors import DatasetError, DecodeError
 from clipserve.plan_models import ClipPlan
 from clipserve.priority import lower_cpu_priority
+from clipserve.service_models import InfoPublic
 from clipserve.settings import ServiceConfig
 from clipserve.transport.layout import BatchLayout
 
@@ -38,7 +47,12 @@ if TYPE_CHECKING:
     from clipserve.dataplane.process import DataPlaneProcess
     from clipserve.datasets.index import VideoIndex
     from clipserve.datasets.record import VideoRecord
-    from clipserve.executors.pool import Batch
+    from clipserve.datasets.shared_rows import MappedRows
+    from clipserve.batch import Batch
+
+__all__ = [  # the consumer errors are re-exported for the REST layer, which sees only the service
+    "MAX_CONSUMERS", "ConsumerConflictError", "ConsumerRequestError", "ServiceBusyError", "UnknownConsumerError",
+    "ServiceState", "build_service_index", "check_ring_fits"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,14 +91,8 @@ class ServiceState:
         self.augment = config.augment()
         if not index.records:
             raise DatasetError(_no_usable_video_message(config, index))
-        self.backend = _resolve_backend(config.backend, index.records)
-        self.layout = BatchLayout(
-            batch_size=config.batch_size,
-            num_clips=config.num_clips,
-            frames_per_clip=config.frames_per_clip,
-            height_pixels=config.crop_size_pixels,
-            width_pixels=config.crop_size_pixels,
-        )
+        self.backend = resolve_backend(config.backend, index.records)
+        self.layout = BatchLayout.for_configs(config.batch_size, self.sampling, self.augment)
         removed = cleanup_stale_segments()
         if removed:
             logger.info("removed %d shared-memory entries left by crashed services", len(removed))
@@ -102,7 +110,12 @@ class ServiceState:
         if data_plane_process:
             from clipserve.dataplane.process import DataPlaneProcess
 
-            self._data_plane_process = DataPlaneProcess(config, index, **plane_args)
+            mapped = share_index_rows(index)
+            try:
+                self._data_plane_process = DataPlaneProcess(config, index, **plane_args)
+            finally:
+                if mapped is not None:
+                    mapped.unlink()  # both processes have mapped it now
             self.data_plane = self._data_plane_process.plane
         else:
             self.data_plane = DataPlane(config, index, producer_factory=producer_factory, **plane_args)
@@ -142,6 +155,8 @@ class ServiceState:
         request thread. A sheet process that crashes fails only its request (``DecodeError``);
         the pool is replaced.
         """
+        from clipserve.inspect.sheet import contact_sheet_png as draw_sheet
+
         clip_plan = self.plan_for(video_index, epoch=epoch, seed=seed)
         path = str(self.video_path(video_index))
         sys.audit("clipserve.open_video", path)  # opened in a sheet process, out of this one's audit hooks' sight
@@ -168,7 +183,7 @@ class ServiceState:
                 result.set_exception(exc)
 
         try:
-            pool.submit(draw_contact_sheet_png, path, clip_plan).add_done_callback(done)
+            pool.submit(draw_sheet, path, clip_plan).add_done_callback(done)
         except BrokenProcessPool as exc:
             done_with_error: Future[bytes] = Future()
             done_with_error.set_exception(exc)
@@ -299,13 +314,19 @@ def _no_usable_video_message(config: ServiceConfig, index: VideoIndex) -> str:
     return message
 
 
-def draw_contact_sheet_png(path: str, clip_plan: ClipPlan) -> bytes:
-    """Decode ``clip_plan`` from ``path`` with the PyAV executor and draw its contact sheet (PNG bytes).
-    Runs in a contact-sheet process."""
-    from clipserve.api.render import encode_png, render_contact_sheet
-    from clipserve.executors.pyav import execute_plan
+def share_index_rows(index: VideoIndex) -> MappedRows | None:
+    """Move the index's rows into a file this process and the data-plane process both map
+    (``clipserve.datasets.shared_rows``): one copy in memory instead of one per process. Returns
+    the mapping (``unlink()`` it once the data plane has started), or None for an index without
+    cache rows."""
+    from clipserve.datasets.index import RecordSequence
+    from clipserve.datasets.shared_rows import MappedRows
 
-    return encode_png(render_contact_sheet(clip_plan, execute_plan(path, clip_plan)))
+    if not isinstance(index.records, RecordSequence) or isinstance(index.records.rows, MappedRows):
+        return None
+    mapped = MappedRows.create(index.records.rows)
+    index.records = RecordSequence(mapped)
+    return mapped
 
 
 def _lower_sheet_process_priority() -> None:
@@ -328,16 +349,22 @@ def build_service_index(config: ServiceConfig, *, progress: bool) -> VideoIndex:
     )
 
 
-def _resolve_backend(requested: str, records: list[VideoRecord]) -> str:
-    """'pyav' or 'dali' for this dataset's codecs (``choose_backend``: errors name codec and remedy)."""
-    from clipserve.executors.backend import choose_backend
+def resolve_backend(requested: str, records: Sequence[VideoRecord]) -> str:
+    """'pyav' or 'dali' for this dataset's codecs (``choose_backend``: errors name codec and remedy).
 
-    codecs = {record.codec for record in records}
-    if requested == "pyav":
-        # nothing to detect: without these, choose_backend imports torch and DALI (CUDA libraries)
-        # only to ask for a GPU, about 600 MB of resident memory in the service process
+    Where DALI could be asked to decode samples of the codecs (``--backend dali``, or ``auto`` on
+    a machine with a CUDA device), ``choose_backend`` runs in a short-lived process: this one, the
+    REST control plane, never loads DALI or a CUDA context.
+    """
+    from clipserve.executors.backend import choose_backend, cuda_usable
+
+    codecs = sorted({record.codec for record in records})
+    if requested == "pyav":  # nothing to detect
         return choose_backend(requested, codecs, cuda=False, dali_available=False)
-    return choose_backend(requested, codecs)
+    if requested == "auto" and not cuda_usable():  # asks the CUDA driver only; DALI's CPU path is slower
+        return choose_backend(requested, codecs)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(choose_backend, requested, codecs).result()
 
 
 def _backend_description(backend: str) -> str:

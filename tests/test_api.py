@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from clipserve.api.app import create_app
-from clipserve.api.render import (
+from clipserve.inspect.render import (
     CLIP_COLORS,
     MARGIN_PIXELS,
     T_MAX_WINDOW,

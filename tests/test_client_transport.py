@@ -19,12 +19,12 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 
+from clipserve.batch import Batch, StreamPosition
 from clipserve.errors import LayoutChangedError, RingFullError
 from clipserve.transport import (
     FRAME_MEDIA_TYPE,
@@ -44,22 +44,11 @@ def make_layout(height_pixels: int = 16) -> BatchLayout:
     return BatchLayout(batch_size=2, num_clips=2, frames_per_clip=2, height_pixels=height_pixels, width_pixels=16)
 
 
-@dataclass
-class SyntheticBatch:
-    clips: np.ndarray
-    video_index: np.ndarray
-    label: np.ndarray
-    clip_start_seconds: np.ndarray
-    is_padding: np.ndarray
-    epoch: int
-    step: int
-
-
-def synthetic_batch(layout: BatchLayout, rank: int, epoch: int, step: int) -> SyntheticBatch:
+def synthetic_batch(layout: BatchLayout, rank: int, epoch: int, step: int) -> Batch:
     """Deterministic batch for (SEED, rank, epoch, step)."""
     rng = np.random.default_rng([SEED, rank, epoch, step])
     b, rho = layout.batch_size, layout.num_clips
-    return SyntheticBatch(
+    return Batch(
         clips=rng.integers(0, 256, layout.clips_shape, dtype=np.uint8),
         video_index=rng.integers(0, 1000, b, dtype=np.int64),
         label=rng.integers(0, 400, b, dtype=np.int64),
@@ -71,11 +60,10 @@ def synthetic_batch(layout: BatchLayout, rank: int, epoch: int, step: int) -> Sy
 
 
 def positions(epoch: int, step: int):
+    position = StreamPosition(epoch, step)
     while True:
-        yield epoch, step
-        step += 1
-        if step == STEPS_PER_EPOCH:
-            epoch, step = epoch + 1, 0
+        yield position.epoch, position.step
+        position = position.next(STEPS_PER_EPOCH)
 
 
 # ----- the stand-in attach server (runs in a subprocess) ------------------------------------------

@@ -361,3 +361,53 @@ def test_gpu_vp9_matches_cpu_backend(videos: dict[str, Path], executor: DaliExec
     on_cpu, _ = executor.execute_batch([videos["vp9"]] * 2, plans)
     on_gpu, _ = gpu_executor.execute_batch([videos["vp9"]] * 2, plans)
     assert mean_abs(on_gpu.cpu().numpy(), on_cpu) <= NVDEC_PARITY_MEAN_TOLERANCE
+
+
+def test_the_producer_drives_dali_through_the_one_executor_interface(tmp_path: Path, executor: DaliExecutor) -> None:
+    """``BatchProducer(backend='dali')`` (DALI on the CPU here: VP9) delivers each row as DALI
+    executes it alone, and substitutes a broken file (a typed ``DecodeError`` from the batch)."""
+    from clipserve.datasets.index import build_index
+    from clipserve.executors.pool import BatchProducer
+
+    root = tmp_path / "vp9"
+    for i in range(3):
+        (root / "c").mkdir(parents=True, exist_ok=True)
+        encode_video(root / "c" / f"v{i}.webm", textured_frames(30, 64, 48, 10 + i), codec="vp9",
+                     keyframe_interval_frames=10)
+    index = build_index(root, dataset="folder", split="train", workers=0, progress=False,
+                        cache_path=tmp_path / "index.sqlite")
+    (root / index.records[1].relative_path).write_bytes(b"not a video")  # broken after indexing
+    sampling, augment = SamplingConfig(num_clips=2, frames_per_clip=2, frame_stride=2), AugmentConfig(crop_size_pixels=16)
+    with BatchProducer(index, sampling=sampling, augment=augment, batch_size=3, seed=5, workers=1,
+                       prefetch_batches=1, backend="dali") as producer:
+        batch = next(producer.batches())
+        order = producer.order(0)
+    assert batch.clips.shape == (3, 2, 3, 2, 16, 16) and isinstance(batch.clips, np.ndarray)
+    assert [s.video_index for s in batch.substitutions] == [1]
+    for b, video in enumerate(batch.video_index.tolist()):
+        assert video != 1
+        expected = executor.execute_plan(index.path_of(video), make_plan(index.records[video], 0, video, 5, sampling, augment))
+        np.testing.assert_array_equal(batch.clips[b], expected)
+    assert sorted(order) == [0, 1, 2]
+
+
+@pytest.mark.needs_cuda
+def test_the_producer_keeps_dali_gpu_batches_on_the_device(tmp_path: Path) -> None:
+    """On NVDEC the producer's batch is one CUDA tensor (rows stacked on the device)."""
+    import torch
+
+    from clipserve.datasets.index import build_index
+    from clipserve.executors.pool import BatchProducer
+
+    root = tmp_path / "h264"
+    (root / "c").mkdir(parents=True)
+    for i in range(3):
+        encode_video(root / "c" / f"v{i}.mp4", textured_frames(30, 64, 48, 20 + i), codec="h264")
+    index = build_index(root, dataset="folder", split="train", workers=0, progress=False,
+                        cache_path=tmp_path / "index.sqlite")
+    sampling, augment = SamplingConfig(num_clips=2, frames_per_clip=2, frame_stride=2), AugmentConfig(crop_size_pixels=16)
+    with BatchProducer(index, sampling=sampling, augment=augment, batch_size=3, seed=5, workers=1,
+                       prefetch_batches=1, backend="dali") as producer:
+        batch = next(producer.batches())
+    assert isinstance(batch.clips, torch.Tensor) and batch.clips.is_cuda
+    assert tuple(batch.clips.shape) == (3, 2, 3, 2, 16, 16) and batch.substitutions == []

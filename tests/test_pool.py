@@ -19,9 +19,11 @@ import pytest
 
 from clipserve.config import AugmentConfig, SamplingConfig
 from clipserve.datasets.index import VideoIndex, build_index
-from clipserve.errors import ConfigError
+from clipserve.errors import ConfigError, DecodeError, TaskTimeoutError, WorkerCrashError
+from clipserve.executors.interface import BatchedVideoExecutor
 from clipserve.executors.base import PyAVBatchExecutor
-from clipserve.executors.pool import Batch, BatchProducer
+from clipserve.batch import Batch, plan_clips_shape
+from clipserve.executors.pool import BatchProducer
 from clipserve.executors.pyav import execute_plan
 from clipserve.media.encode import encode_video, moving_square_frames
 from clipserve.plan import epoch_order
@@ -78,7 +80,7 @@ class InProcessExecutor:
     def execute_batch(self, paths: list[Path], plans: list[ClipPlan]) -> tuple[np.ndarray, dict[int, str]]:
         self.paths.extend(Path(p) for p in paths)
         rows, failures = [], {}
-        shape = (len(plans[0].clips), 3, len(plans[0].clips[0].frame_indices), 16, 16)
+        shape = plan_clips_shape(plans[0])
         for b, (path, plan) in enumerate(zip(paths, plans)):
             try:
                 rows.append(execute_plan(path, plan))
@@ -215,6 +217,25 @@ def test_executor_reports_failures_with_reasons(broken_dataset: tuple[VideoIndex
     np.testing.assert_array_equal(clips[0], execute_plan(index.path_of(0), plans[0]))
 
 
+@pytest.mark.parametrize("make", [lambda: PyAVBatchExecutor(1), lambda: BatchedVideoExecutor(InProcessExecutor())],
+                         ids=["pyav-workers", "batch-executor"])
+def test_every_executor_gives_typed_failures_per_video(broken_dataset: tuple[VideoIndex, dict[int, str]], make) -> None:
+    index, broken = broken_dataset
+    from clipserve.plan import plan
+
+    videos = [0, 1, 4]
+    plans = [plan(index.records[v], 0, v, 3, SAMPLING, AUGMENT) for v in videos]
+    executor = make()
+    try:
+        results = [f.result(timeout=60) for f in executor.submit_batch([index.path_of(v) for v in videos], plans)]
+    finally:
+        executor.close()
+    np.testing.assert_array_equal(results[0].clips, execute_plan(index.path_of(0), plans[0]))
+    assert results[0].failure is None
+    for result in results[1:]:
+        assert result.clips is None and isinstance(result.failure, DecodeError) and result.failure_reason
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV], ids=["SIGKILL", "SIGSEGV"])
 def test_a_crashed_worker_is_replaced_and_its_video_failed(dataset: VideoIndex, sig: signal.Signals) -> None:
     from clipserve.plan import plan
@@ -226,14 +247,15 @@ def test_a_crashed_worker_is_replaced_and_its_video_failed(dataset: VideoIndex, 
         os.kill(pid, signal.SIGSTOP)  # frozen: whatever it was given, it cannot finish
         futures = [executor.submit(dataset.path_of(v), p) for v, p in zip(videos, plans)]
         deadline = time.monotonic() + 10
-        while not executor._workers[0].outstanding and time.monotonic() < deadline:
+        while not executor.busy_workers() and time.monotonic() < deadline:
             time.sleep(0.01)  # wait until the dispatcher has handed tasks to the frozen worker
-        assert executor._workers[0].outstanding
+        assert executor.busy_workers() == 1
         os.kill(pid, sig)
         if sig != signal.SIGKILL:
             os.kill(pid, signal.SIGCONT)  # deliver the pending signal
         results = [f.result(timeout=60) for f in futures]
         assert results[0].clips is None and signal.Signals(sig).name in (results[0].failure_reason or "")
+        assert type(results[0].failure) is WorkerCrashError  # a typed failure: not the file's fault
         for v, p, r in zip(videos[1:], plans[1:], results[1:]):  # re-queued on the new worker
             assert r.failure_reason is None
             np.testing.assert_array_equal(r.clips, execute_plan(dataset.path_of(v), p))
@@ -242,8 +264,8 @@ def test_a_crashed_worker_is_replaced_and_its_video_failed(dataset: VideoIndex, 
 
 def test_producer_survives_a_worker_crash(dataset: VideoIndex) -> None:
     with producer(dataset, workers=1) as p:
-        assert p._pyav is not None
-        (pid,) = p._pyav.worker_pids()
+        assert isinstance(p._executor, PyAVBatchExecutor)
+        (pid,) = p._executor.worker_pids()
         os.kill(pid, signal.SIGSTOP)
         threading.Timer(1.0, os.kill, (pid, signal.SIGKILL)).start()
         batches = take(p, 4)
@@ -279,8 +301,8 @@ def test_bad_configuration_is_rejected(dataset: VideoIndex) -> None:
 
 def test_close_while_the_consumer_waits_ends_the_iteration(dataset: VideoIndex) -> None:
     p = producer(dataset, workers=1)
-    assert p._pyav is not None
-    (pid,) = p._pyav.worker_pids()
+    assert isinstance(p._executor, PyAVBatchExecutor)
+    (pid,) = p._executor.worker_pids()
     os.kill(pid, signal.SIGSTOP)  # nothing will finish
     it = p.batches()
     timer = threading.Timer(0.5, p.close)
@@ -302,6 +324,7 @@ def test_a_hung_worker_is_killed_after_the_task_timeout(dataset: VideoIndex) -> 
         os.kill(pid, signal.SIGSTOP)  # hangs on whatever it gets
         result = executor.submit(dataset.path_of(0), plan(dataset.records[0], 0, 0, 3, SAMPLING, AUGMENT)).result(timeout=30)
         assert result.clips is None and "task timeout" in (result.failure_reason or "")
+        assert isinstance(result.failure, TaskTimeoutError)
         assert executor.worker_restarts == 1
         again = executor.submit(dataset.path_of(0), plan(dataset.records[0], 0, 0, 3, SAMPLING, AUGMENT)).result(timeout=30)
         assert again.failure_reason is None and again.clips is not None

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from clipserve.batch import Batch
 from clipserve.errors import RingError, RingFullError
 from clipserve.transport import (
     BatchLayout,
@@ -37,24 +37,10 @@ LAYOUT = BatchLayout(batch_size=2, num_clips=2, frames_per_clip=2, height_pixels
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@dataclass
-class FakeBatch:
-    """Same attributes as clipserve.executors.pool.Batch (the channel duck-types it)."""
-
-    clips: np.ndarray
-    video_index: np.ndarray
-    label: np.ndarray
-    clip_start_seconds: np.ndarray
-    is_padding: np.ndarray
-    epoch: int
-    step: int
-    substitutions: list = field(default_factory=list)
-
-
-def make_batch(epoch: int, step: int, layout: BatchLayout = LAYOUT) -> FakeBatch:
+def make_batch(epoch: int, step: int, layout: BatchLayout = LAYOUT) -> Batch:
     rng = np.random.default_rng([epoch, step])
     b, rho = layout.batch_size, layout.num_clips
-    return FakeBatch(
+    return Batch(
         clips=rng.integers(0, 256, layout.clips_shape, dtype=np.uint8),
         video_index=np.arange(b, dtype=np.int64) + 100 * step,
         label=rng.integers(0, 400, b, dtype=np.int64),

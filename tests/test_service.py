@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipserve.api.render import sheet_geometry, timeline_geometry
+from clipserve.inspect.render import sheet_geometry, timeline_geometry
 from clipserve.datasets.index import build_index
 from clipserve.executors.pool import BatchProducer
 from clipserve.executors.pyav import execute_plan

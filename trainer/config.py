@@ -1,83 +1,98 @@
 """Flat, typed trainer config: defaults → objective preset (paper) → profile → ``--key value`` flags.
 
-Every field is a plain value with a unit or meaning noted; the resolved config is logged and saved
-in each checkpoint. Unknown keys and values of the wrong type are rejected with a clear message.
+Every field is a typed value whose description notes its unit or meaning (the ``--help`` text; the
+flags are generated from the fields by ``clipserve.config_cli``); the resolved config is logged
+and saved in each checkpoint. Unknown keys and values of the wrong type are rejected with a clear
+message.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass
+
+from clipserve.config_cli import add_model_arguments
 
 
 class ConfigError(ValueError):
     """A bad flag, key or value (the CLI prints it and exits with status 2)."""
 
 
-@dataclass
+@dataclass(config=ConfigDict(extra="forbid"))
 class TrainConfig:
+    """Every trainer setting, typed, with its meaning and unit as its description (the ``--help`` text).
+
+    A pydantic dataclass: ``dataclasses.asdict`` / ``replace`` work, flags come from the fields
+    (``clipserve.config_cli.add_model_arguments``).
+    """
+
     # --- what to train
-    objective: str = "moco"  # moco | byol | simclr | swav
-    backbone: str = "tiny"  # tiny | r3d_18 | r2plus1d_18 | mvit_v2_s | slow_r50
-    profile: str = "paper"  # paper (the paper's hyperparameters) | cpu (scaled down for CPU demos)
+    objective: str = Field("moco", description="moco | byol | simclr | swav")
+    backbone: str = Field("tiny", description="tiny | r3d_18 | r2plus1d_18 | mvit_v2_s | slow_r50")
+    profile: str = Field("paper", description="paper (the paper's hyperparameters) | cpu (scaled down for CPU demos)")
     # --- data
-    server: str = ""  # clipserve URL (ClipStream), or 'synthetic' for the built-in synthetic stream
-    transport: str = "shm"  # shm (same host, zero copy) | http (any host)
-    synthetic_batch_size: int = 8  # videos per batch per rank (synthetic stream only)
-    synthetic_num_clips: int = 2  # ρ (synthetic stream only)
-    synthetic_frames: int = 8  # T (synthetic stream only)
-    synthetic_size_pixels: int = 64  # H = W (synthetic stream only)
-    synthetic_num_videos: int = 64  # videos per epoch (synthetic stream only)
+    server: str = Field("", description="clipserve URL (ClipStream), or 'synthetic' for the built-in synthetic stream")
+    transport: str = Field("shm", description="shm (same host, zero copy) | http (any host)")
+    synthetic_batch_size: int = Field(8, description="videos per batch per rank (synthetic stream only)")
+    synthetic_num_clips: int = Field(2, description="ρ (synthetic stream only)")
+    synthetic_frames: int = Field(8, description="T (synthetic stream only)")
+    synthetic_size_pixels: int = Field(64, description="H = W (synthetic stream only)")
+    synthetic_num_videos: int = Field(64, description="videos per epoch (synthetic stream only)")
     # --- length
-    max_steps: int = 1000  # optimizer steps; LR and momentum schedules span exactly this many
-    max_seconds: float = 0.0  # also stop after this many wall-clock seconds of training (0: no limit)
+    max_steps: int = Field(1000, description="optimizer steps; LR and momentum schedules span exactly this many")
+    max_seconds: float = Field(0.0, description="also stop after this many wall-clock seconds of training (0: no limit)")
     # --- optimizer (paper-spec §3)
-    optimizer: str = "sgd"  # sgd | lars
-    base_lr: float = 0.4  # learning rate for reference_batch_size videos per global batch
-    reference_batch_size: int = 512  # lr = base_lr * global_batch / reference (0: no scaling)
-    weight_decay: float = 1e-4  # not applied to biases and norm layers
-    sgd_momentum: float = 0.9
-    nesterov: bool = True
-    lars_trust_coefficient: float = 0.001  # LARS trust (not on biases / norm layers)
-    warmup_fraction: float = 0.175  # 35 of 200 epochs of linear warm-up
-    warmup_start_lr: float = 0.001  # scaled like base_lr
-    final_lr: float = 0.0  # end of the half-cosine
+    optimizer: str = Field("sgd", description="sgd | lars")
+    base_lr: float = Field(0.4, description="learning rate for reference_batch_size videos per global batch")
+    reference_batch_size: int = Field(512, description="lr = base_lr * global_batch / reference (0: no scaling)")
+    weight_decay: float = Field(1e-4, description="not applied to biases and norm layers")
+    sgd_momentum: float = Field(0.9, description="momentum of SGD (and of LARS)")
+    nesterov: bool = Field(True, description="Nesterov momentum")
+    lars_trust_coefficient: float = Field(0.001, description="LARS trust (not on biases / norm layers)")
+    warmup_fraction: float = Field(0.175, description="35 of 200 epochs of linear warm-up")
+    warmup_start_lr: float = Field(0.001, description="scaled like base_lr")
+    final_lr: float = Field(0.0, description="end of the half-cosine")
     # --- heads and losses
-    temperature: float = 0.1  # α for MoCo / SimCLR / SwAV
-    output_dim: int = 128  # embedding dimension (BYOL: 256)
-    mlp_hidden_dim: int = 2048  # hidden width of projection / prediction MLPs (BYOL: 4096)
-    mlp_num_layers: int = 3  # MoCo / SimCLR / SwAV projection depth
-    mlp_batch_norm: bool = False  # SimCLR MLP BN (paper: on; PySlowFast config: off)
-    loss_reduction: str = "mean"  # over the ρ queries: mean (paper) | sum (PySlowFast)
-    momentum_start: float = 0.994  # momentum encoder, half-cosine to momentum_end (MoCo 0.994, BYOL 0.996)
-    momentum_end: float = 1.0
-    moco_queue_size: int = 65536  # negatives per rank
-    moco_positives: str = "eq1"  # eq1 (paper: all positives in one numerator) | per_positive (PySlowFast)
-    moco_shuffle_bn: bool = True  # shuffle keys across ranks for the momentum encoder's BN
-    simclr_pairs: str = "all"  # all ρ(ρ−1) ordered pairs (paper) | consecutive (PySlowFast SEQUENTIAL)
-    simclr_positives: str = "eq1"  # eq1 (paper: all positives in one numerator) | supcon (each positive's log-prob averaged)
-    swav_num_prototypes: int = 1000
-    swav_epsilon: float = 0.05  # Sinkhorn regularisation
-    swav_sinkhorn_iterations: int = 3
-    swav_num_assign_clips: int = 0  # clips that get codes: 0 = all ρ (paper); 2 = PySlowFast
-    swav_queue_size: int = 0  # queued embeddings per assigned clip and rank (0: no queue)
-    swav_queue_start_step: int = 0  # queue used from this step (once full)
-    swav_freeze_prototypes_steps: int = 0  # prototype gradients dropped before this step
-    sync_batchnorm: bool = False  # SyncBN across ranks (BYOL / SimCLR / SwAV in the paper)
+    temperature: float = Field(0.1, description="α for MoCo / SimCLR / SwAV")
+    output_dim: int = Field(128, description="embedding dimension (BYOL: 256)")
+    mlp_hidden_dim: int = Field(2048, description="hidden width of projection / prediction MLPs (BYOL: 4096)")
+    mlp_num_layers: int = Field(3, description="MoCo / SimCLR / SwAV projection depth")
+    mlp_batch_norm: bool = Field(False, description="SimCLR MLP BN (paper: on; PySlowFast config: off)")
+    loss_reduction: str = Field("mean", description="over the ρ queries: mean (paper) | sum (PySlowFast)")
+    momentum_start: float = Field(0.994, description="momentum encoder, half-cosine to momentum_end (MoCo 0.994, BYOL 0.996)")
+    momentum_end: float = Field(1.0, description="momentum encoder momentum at the last step")
+    moco_queue_size: int = Field(65536, description="negatives per rank")
+    moco_positives: str = Field("eq1", description="eq1 (paper: all positives in one numerator) | per_positive (PySlowFast)")
+    moco_shuffle_bn: bool = Field(True, description="shuffle keys across ranks for the momentum encoder's BN")
+    simclr_pairs: str = Field("all", description="all ρ(ρ−1) ordered pairs (paper) | consecutive (PySlowFast SEQUENTIAL)")
+    simclr_positives: str = Field(
+        "eq1", description="eq1 (paper: all positives in one numerator) | supcon (each positive's log-prob averaged)")
+    swav_num_prototypes: int = Field(1000, description="SwAV prototypes (count)")
+    swav_epsilon: float = Field(0.05, description="Sinkhorn regularisation")
+    swav_sinkhorn_iterations: int = Field(3, description="Sinkhorn-Knopp iterations")
+    swav_num_assign_clips: int = Field(0, description="clips that get codes: 0 = all ρ (paper); 2 = PySlowFast")
+    swav_queue_size: int = Field(0, description="queued embeddings per assigned clip and rank (0: no queue)")
+    swav_queue_start_step: int = Field(0, description="queue used from this step (once full)")
+    swav_freeze_prototypes_steps: int = Field(0, description="prototype gradients dropped before this step")
+    sync_batchnorm: bool = Field(False, description="SyncBN across ranks (BYOL / SimCLR / SwAV in the paper)")
     # --- system
-    device: str = "auto"  # auto | cpu | cuda
-    seed: int = 0  # model init and any trainer-side randomness (offset by rank)
-    deterministic: bool = False  # torch.use_deterministic_algorithms(True)
-    mixed_precision: str = "none"  # none | bf16 | fp16 (CUDA autocast)
+    device: str = Field("auto", description="auto | cpu | cuda")
+    seed: int = Field(0, description="model init and any trainer-side randomness (offset by rank)")
+    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms(True)")
+    mixed_precision: str = Field("none", description="none | bf16 | fp16 (CUDA autocast)")
     # --- output
-    checkpoint_dir: str = "trainer-out"  # checkpoints + metrics.jsonl (+ TensorBoard if installed)
-    resume: bool = False  # continue from checkpoint_dir/last.pt
-    checkpoint_every_steps: int = 500  # also saved at the end and on Ctrl-C
-    log_every_steps: int = 10  # JSON-lines metrics cadence
-    progress: bool = True  # tqdm bar on rank 0
+    checkpoint_dir: str = Field("trainer-out", description="checkpoints + metrics.jsonl (+ TensorBoard if installed)")
+    resume: bool = Field(False, description="continue from checkpoint_dir/last.pt")
+    checkpoint_every_steps: int = Field(500, description="also saved at the end and on Ctrl-C")
+    log_every_steps: int = Field(10, description="JSON-lines metrics cadence")
+    progress: bool = Field(True, description="tqdm bar on rank 0")
 
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` for any out-of-range value; returns ``self``."""
@@ -145,22 +160,60 @@ CPU_PROFILE: dict[str, dict[str, Any]] = {
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_DEFAULTS = {name: info.default for name, info in TrainConfig.__pydantic_fields__.items()}
 
 
-def _parse_value(key: str, raw: str) -> Any:
-    kind = type(getattr(TrainConfig(), key))
-    flag = f"--{key.replace('_', '-')}"
-    if kind is bool:
+def _parse_bool(flag: str) -> Callable[[str], bool]:
+    def parse(raw: str) -> bool:
         low = raw.lower()
         if low in ("1", "true", "yes", "on"):
             return True
         if low in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"{flag} expects a boolean (true/false), got {raw!r}")
-    try:
-        return kind(raw)
-    except ValueError:
-        raise ConfigError(f"{flag} expects {kind.__name__}, got {raw!r}") from None
+        raise argparse.ArgumentTypeError(f"{flag} expects a boolean (true/false), got {raw!r}")
+
+    return parse
+
+
+def _converter(flag: str, kind: type) -> Callable[[str], Any]:
+    """The value parser of one flag; its errors name the flag, the expected type and the value."""
+    if kind is bool:
+        return _parse_bool(flag)
+
+    def parse(raw: str) -> Any:
+        try:
+            return kind(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} expects {kind.__name__}, got {raw!r}") from None
+
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ``ConfigError`` (with the flag-first messages of this module)."""
+
+    def error(self, message: str) -> NoReturn:
+        match = re.match(r"argument ([^:]+): (.*)", message)
+        if match:
+            flag, detail = match.group(1).split("/")[0], match.group(2)
+            if detail.startswith("expected one argument"):
+                raise ConfigError(f"{flag} needs a value")
+            if detail.startswith("--"):
+                raise ConfigError(detail)
+        raise ConfigError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m trainer`` flags, one per ``TrainConfig`` field (help = the field's description).
+
+    Fields not given stay out of the namespace: the objective's preset and the profile fill them.
+    A boolean flag alone means true (``--resume``); ``--resume false`` or ``--resume=false`` too.
+    """
+    parser = _Parser(prog="python -m trainer", allow_abbrev=False, add_help=False,
+                     usage="python -m trainer --objective {moco,byol,simclr,swav} --server URL [--key value ...]",
+                     description="Presets: the objective's paper hyperparameters, then --profile, then your flags.")
+    add_model_arguments(parser, TrainConfig, converter=_converter, bool_values=True)
+    return parser
 
 
 def _check_key(key: str) -> str:
@@ -174,29 +227,12 @@ def _check_key(key: str) -> str:
 
 def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
     """``--key value`` / ``--key=value`` pairs → typed dict. A boolean flag alone means true."""
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
+    namespace, extras = build_parser().parse_known_args(list(argv))
+    for arg in extras:
         if not arg.startswith("--") or arg == "--":
             raise ConfigError(f"expected --key value, got {arg!r}")
-        if "=" in arg:
-            key, raw = arg[2:].split("=", 1)
-            i += 1
-        else:
-            key = arg[2:]
-            name = _check_key(key)
-            if isinstance(getattr(TrainConfig(), name), bool) and (i + 1 >= len(argv) or argv[i + 1].startswith("--")):
-                out[name] = True
-                i += 1
-                continue
-            if i + 1 >= len(argv):
-                raise ConfigError(f"--{key} needs a value")
-            raw = argv[i + 1]
-            i += 2
-        name = _check_key(key)
-        out[name] = _parse_value(name, raw)
-    return out
+        _check_key(arg[2:].split("=", 1)[0])
+    return vars(namespace)
 
 
 def make_config(objective: str = "moco", profile: str = "paper", **overrides: Any) -> TrainConfig:
@@ -214,7 +250,7 @@ def make_config(objective: str = "moco", profile: str = "paper", **overrides: An
         values.update(CPU_PROFILE[objective])
     values.update(overrides)
     for key, value in values.items():
-        expected = type(_FIELDS[key].default)
+        expected = type(_DEFAULTS[key])
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             values[key] = float(value)
         elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
@@ -235,24 +271,16 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     unknown = set(values) - set(_FIELDS)
     if unknown:
         raise ConfigError(f"checkpoint config has unknown keys: {', '.join(sorted(unknown))}")
-    return TrainConfig(**values).validate()
+    try:
+        return TrainConfig(**values).validate()
+    except ValidationError as exc:
+        raise ConfigError(f"checkpoint config is invalid: {exc}") from None
 
 
 def help_text() -> str:
-    """One line per option with its default (for ``--help``)."""
-    import inspect
-
-    notes = {}
-    for line in inspect.getsource(TrainConfig).splitlines():
-        name, _, comment = line.strip().partition("#")
-        if ":" in name and comment:
-            notes[name.split(":")[0].strip()] = comment.strip()
-    lines = ["usage: python -m trainer --objective {moco,byol,simclr,swav} --server URL [--key value ...]",
-             "Presets: the objective's paper hyperparameters, then --profile, then your flags.", "", "options:"]
-    for f in dataclasses.fields(TrainConfig):
-        lines.append(f"  --{f.name.replace('_', '-'):30s} {f.default!r:>12}  {notes.get(f.name, '')}")
-    return "\n".join(lines)
+    """One entry per option with its default and meaning (for ``--help``)."""
+    return build_parser().format_help()
 
 
-__all__ = ["CPU_PROFILE", "ConfigError", "PRESETS", "TrainConfig", "config_from_dict", "help_text", "make_config",
-           "parse_args", "parse_overrides", "field"]
+__all__ = ["CPU_PROFILE", "ConfigError", "PRESETS", "TrainConfig", "build_parser", "config_from_dict", "help_text",
+           "make_config", "parse_args", "parse_overrides"]

@@ -1,30 +1,21 @@
 """Where batches come from: ``clipserve.client.ClipStream`` in production, a synthetic stream for
-tests and demos. Both yield objects with ``clips`` (B, ρ, C, T, H, W) uint8, ``video_index`` (B,),
-``label`` (B,), ``clip_start_seconds`` (B, ρ), ``is_padding`` (B,), ``epoch``, ``step`` and offer
-``state_dict()`` / ``load_state_dict()`` for an exact resume.
+tests and demos. Both yield ``clipserve.batch.Batch`` objects (torch tensors: ``clips`` (B, ρ, C,
+T, H, W) uint8, ``video_index`` (B,), ``label`` (B,), ``clip_start_seconds`` (B, ρ),
+``is_padding`` (B,), ``epoch``, ``step``) and offer ``state_dict()`` / ``load_state_dict()`` for
+an exact resume.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from clipserve.batch import Batch, steps_per_epoch
 
-@dataclass
-class SyntheticBatch:
-    """Same attributes as a clipserve batch. ``clips`` (B, ρ, C, T, H, W) uint8."""
-
-    clips: torch.Tensor
-    video_index: torch.Tensor  # (B,) int64
-    label: torch.Tensor  # (B,) int64
-    clip_start_seconds: torch.Tensor  # (B, ρ) float32
-    is_padding: torch.Tensor  # (B,) bool
-    epoch: int
-    step: int
+SyntheticBatch = Batch
+"""The synthetic stream's batches are ``clipserve.batch.Batch`` objects; the old name stays for callers."""
 
 
 class SyntheticClipStream:
@@ -48,7 +39,7 @@ class SyntheticClipStream:
         self.batch_size, self.num_clips, self.frames, self.size = batch_size, num_clips, frames, size_pixels
         self.num_videos, self.num_classes, self.seed = num_videos, num_classes, seed
         self.rank, self.world_size = rank, world_size
-        self.steps_per_epoch = math.ceil(num_videos / (batch_size * world_size))
+        self.steps_per_epoch = steps_per_epoch(num_videos, batch_size=batch_size, world_size=world_size)
         self.epoch, self.step = start_epoch, start_step
         self.limit_steps = limit_steps
 
@@ -59,17 +50,16 @@ class SyntheticClipStream:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
 
-    def __iter__(self) -> Iterator[SyntheticBatch]:
+    def __iter__(self) -> Iterator[Batch]:
         produced = 0
         while self.limit_steps is None or produced < self.limit_steps:
             batch = self._make(self.epoch, self.step)
-            self.step += 1
-            if self.step >= self.steps_per_epoch:
-                self.epoch, self.step = self.epoch + 1, 0
+            following = batch.position.next(self.steps_per_epoch)
+            self.epoch, self.step = following.epoch, following.step
             produced += 1
             yield batch
 
-    def _make(self, epoch: int, step: int) -> SyntheticBatch:
+    def _make(self, epoch: int, step: int) -> Batch:
         g = torch.Generator().manual_seed(hash((self.seed, epoch, step, self.rank)) % (2**62))
         order = torch.randperm(self.num_videos, generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
         first = (step * self.world_size + self.rank) * self.batch_size
@@ -92,7 +82,7 @@ class SyntheticClipStream:
                     x = int(start[n, i, 1] + dx * speed * f) % (s - square)
                     clips[n, i, :, f, y : y + square, x : x + square] = level
         starts = torch.rand(b, rho, generator=g, dtype=torch.float32) * 10.0
-        return SyntheticBatch(clips, video_index.long(), label.long(), starts, is_padding, epoch, step)
+        return Batch(clips, video_index.long(), label.long(), starts, is_padding, epoch, step)
 
 
 def open_clip_stream(

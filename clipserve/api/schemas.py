@@ -2,60 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict
 
-from clipserve.config import AugmentConfig, SamplingConfig
-from clipserve.datasets.index import IndexSummary
+from clipserve.dataplane.models import (
+    ConsumerCreate,
+    ConsumerPublic,
+    RatePublic,
+    StatsPublic,
+    SubstitutionPublic,
+    TransportName,
+)
 from clipserve.datasets.record import VideoRecord
+from clipserve.service_models import InfoPublic
+
+__all__ = [
+    "MAX_PAGE_LIMIT", "ConsumerAttached", "ConsumerCreate", "ConsumerPublic", "HealthPublic", "InfoPublic",
+    "RatePublic", "StatsPublic", "SubstitutionPublic", "TransportName", "VideoPublic", "VideoSummaryPublic",
+    "VideosPublic", "video_summary",
+]
 
 #: Most videos one ``GET /v1/videos`` page may return.
 MAX_PAGE_LIMIT = 1000
-
-TransportName = Literal["shm", "http"]
 
 
 class HealthPublic(BaseModel):
     status: Literal["ok"] = "ok"
     version: str
-
-
-class InfoPublic(BaseModel):
-    """``GET /v1/info``: what this service serves and how batches are laid out."""
-
-    version: str
-    backend: str
-    """Executor actually used: 'pyav', 'dali-cpu' or 'dali-gpu'."""
-    config: dict[str, Any]
-    """The service config (flags / env / file), without secrets."""
-    sampling: SamplingConfig
-    augment: AugmentConfig
-    dataset: IndexSummary
-    """Summary of the index (counts, classes, broken files, histograms)."""
-    num_videos: int
-    batch_layout: dict[str, Any]
-    """``BatchLayout.describe()``: shapes ``clips (B, ρ, C, T, H, W)``, dtypes, slot offsets, layout_id."""
-    steps_per_epoch_single_consumer: int
-    """Batches in one epoch of this shard for a consumer attached with world_size=1."""
-
-
-class ConsumerCreate(BaseModel):
-    """``POST /v1/consumers``: attach a trainer rank."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rank: int = Field(0, ge=0, le=65535)
-    world_size: int = Field(1, ge=1, le=65536)
-    start_epoch: int = Field(0, ge=0, le=1_000_000)
-    start_step: int = Field(0, ge=0, le=1_000_000_000)
-    transport: TransportName = "shm"
-
-    @model_validator(mode="after")
-    def _rank(self) -> "ConsumerCreate":
-        if self.rank >= self.world_size:
-            raise ValueError(f"rank ({self.rank}) must be < world_size ({self.world_size})")
-        return self
 
 
 class ConsumerAttached(BaseModel):
@@ -64,73 +38,6 @@ class ConsumerAttached(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     consumer_id: str
-
-
-class ConsumerPublic(BaseModel):
-    """One attached consumer, as ``GET /v1/stats`` reports it."""
-
-    consumer_id: str
-    rank: int
-    world_size: int
-    transport: TransportName
-    start_epoch: int
-    start_step: int
-    steps_per_epoch: int
-    next_epoch: int
-    """Epoch of the next batch to deliver."""
-    next_step: int
-    """Step (within ``next_epoch``) of the next batch to deliver."""
-    batches_delivered: int
-    clips_delivered: int
-    ring_slots_taken: int
-    """Slots of this consumer's ring holding a batch not yet released by the consumer."""
-    ring_slots_total: int
-    attached_seconds: float
-
-
-class SubstitutionPublic(BaseModel):
-    """A video that could not be decoded and was replaced in a batch (by the next of the order)."""
-
-    epoch: int
-    step: int
-    position: int
-    """Row of the batch (0..B-1)."""
-    video_index: int
-    """The video that failed."""
-    relative_path: str
-    reason: str
-    substitute_video_index: int
-    """The video delivered in its place."""
-
-
-class RatePublic(BaseModel):
-    clips_per_second: float
-    videos_per_second: float
-    batches_per_second: float
-
-
-class StatsPublic(BaseModel):
-    """``GET /v1/stats``: delivery rates, ring occupancy, stage timings, decode errors."""
-
-    uptime_seconds: float
-    last_10_seconds: RatePublic
-    since_start: RatePublic
-    clips_delivered_total: int
-    videos_delivered_total: int
-    batches_delivered_total: int
-    consumers: list[ConsumerPublic]
-    ring_slots_taken: int
-    """Sum over consumers of ring slots holding an unreleased batch."""
-    ring_slots_total: int
-    stage_seconds_total: dict[str, float]
-    """Seconds per stage, summed over consumers (live and detached): ``decode`` and ``augment``
-    (worker time, all workers), ``wait`` (producer waiting for workers), ``assemble`` (batch
-    copy), ``publish`` (copy into the ring plus waiting for a free slot)."""
-    decode_errors_total: int
-    """Videos that failed to decode (each is substituted in its batch)."""
-    substitutions_total: int
-    recent_substitutions: list[SubstitutionPublic]
-    """The most recent substitutions (newest last), with the reason."""
 
 
 class VideoSummaryPublic(BaseModel):

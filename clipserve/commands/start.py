@@ -1,6 +1,7 @@
 """``clipserve start``: index the dataset if needed, then serve batches and the control plane.
 
-Every flag maps one-to-one onto a field of ``clipserve.settings.ServiceConfig`` and can also be
+Every flag is generated from a field of ``clipserve.settings.ServiceConfig`` (its help is the
+field's description) and the value can also be
 given as an environment variable ``CLIPSERVE_<FIELD>`` or in a ``--config`` file (TOML/JSON, flat
 keys = field names). Priority: flags, environment, config file, defaults.
 
@@ -21,65 +22,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipserve.errors import ConfigError
-from clipserve.settings import ServiceConfig, load_service_config
+from clipserve.config_cli import add_model_arguments, model_overrides
+from clipserve.settings import ENV_PREFIX, ServiceConfig, load_service_config
 
 if TYPE_CHECKING:
     from clipserve.service import ServiceState
 
 HELP = "serve clip batches to trainers (shared memory / HTTP) and the REST control plane"
 
-# (flag, ServiceConfig field, type, help with unit). The default shown comes from ServiceConfig.
-_FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--dataset", "dataset", str, "dataset adapter: k400, k600, k700, folder, ucf101, hmdb51, ssv2"),
-    ("--root", "root", Path, "dataset root directory"),
-    ("--split", "split", str, "dataset split to serve, e.g. train or val"),
-    ("--split-id", "split_id", int, "official train/test split of ucf101/hmdb51, 1..3"),
-    ("--index-cache", "index_cache_path", Path,
-     "index cache file (SQLite); unset: <root>/.clipserve/ or ~/.cache/clipserve/"),
-    ("--backend", "backend", str, "executor: pyav (CPU), dali (NVDEC on a GPU; CPU only for VP9), auto"),
-    ("--num-clips", "num_clips", int, "ρ, clips per video (count)"),
-    ("--frames-per-clip", "frames_per_clip", int, "T, frames per clip (frames)"),
-    ("--frame-stride", "frame_stride", int, "τ, frames of the target-fps timeline between sampled frames (frames)"),
-    ("--target-fps", "target_fps", float, "frame rate the stride counts in (frames per second)"),
-    ("--max-span-seconds", "max_span_seconds", float,
-     "t_max, largest distance between clip starts (seconds); unset: global sampling"),
-    ("--min-span-seconds", "min_span_seconds", float, "smallest distance between first and last clip start (seconds)"),
-    ("--temporal-sampling", "temporal_sampling", str,
-     "clip starts: random (training) or centre (evenly placed, no draw; with --num-clips 1 the centre clip)"),
-    ("--crop-size", "crop_size_pixels", int, "height and width of every output frame (pixels)"),
-    ("--batch-size", "batch_size", int, "B, videos per batch (videos)"),
-    ("--workers", "workers", int,
-     "decode worker processes (processes), split across the ranks of a job: each of W ranks gets "
-     "ceil(workers/W); unset: CPU cores"),
-    ("--prefetch-batches", "prefetch_batches", int, "batches decoded ahead = ring slots per consumer (batches)"),
-    ("--control-plane-nice", "control_plane_nice", int,
-     "CPU priority of the REST control plane, a nice value 0..19 added to the data plane's: under a flood "
-     "of requests it takes little CPU from the decode workers (0: equal priority, the stream slows down)"),
-    ("--seed", "seed", int, "seed of the plans and of the epoch order"),
-    ("--shard-id", "shard_id", int, "this node's shard of every epoch, 0..num_shards-1"),
-    ("--num-shards", "num_shards", int, "nodes the epoch is split across (count)"),
-    ("--host", "host", str, "address to listen on; non-loopback addresses need --token"),
-    ("--port", "port", int, "TCP port (0 = any free port; the URL is printed when ready)"),
-    ("--token", "token", str, "bearer token required on every route but /healthz (>= 8 characters)"),
-]
-
-
-def _default_text(field: str) -> str:
-    info = ServiceConfig.model_fields[field]
-    if info.is_required():
-        return "required: flag, env or config file"
-    return f"default: {info.default}"
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    # SUPPRESS: only flags given on the command line override the environment and config file
-    for flag, field, kind, text in _FLAGS:
-        parser.add_argument(flag, dest=field, type=kind, default=argparse.SUPPRESS,
-                            help=f"{text} ({_default_text(field)}; env CLIPSERVE_{field.upper()})")
-    parser.add_argument("--eval-mode", dest="eval_mode", action="store_const", const=True,
-                        default=argparse.SUPPRESS,
-                        help="evaluation view: short side resized, centre crop, no random augmentation "
-                             "(default: off; env CLIPSERVE_EVAL_MODE)")
+    # one flag per ServiceConfig field, help from its description; fields not given stay out of the
+    # namespace, so only flags on the command line override the environment and config file
+    add_model_arguments(parser, ServiceConfig, env_prefix=ENV_PREFIX)
     parser.add_argument("--config", dest="config_file", type=Path, default=None,
                         help="config file, TOML or JSON, flat keys named like the fields (e.g. batch_size = 8)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -89,8 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    fields = {field for _, field, _, _ in _FLAGS} | {"eval_mode"}
-    return {name: value for name, value in vars(args).items() if name in fields}
+    return model_overrides(args, ServiceConfig.model_fields)
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -17,16 +17,24 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from clipserve.api.schemas import ConsumerCreate, StatsPublic, SubstitutionPublic
+from clipserve.batch import steps_per_epoch
 from clipserve.dataplane.channels import Channel, HttpChannel
-from clipserve.dataplane.sessions import ConsumerSession, _RateMeter
-from clipserve.errors import ClipserveError
+from clipserve.dataplane.errors import (
+    ConsumerConflictError,
+    ConsumerRequestError,
+    ServiceBusyError,
+    UnknownConsumerError,
+)
+from clipserve.dataplane.meter import RateMeter
+from clipserve.dataplane.models import ConsumerCreate, StatsPublic, SubstitutionPublic
+from clipserve.dataplane.sessions import ConsumerSession
 from clipserve.settings import ServiceConfig
 from clipserve.transport.layout import BatchLayout
 
 if TYPE_CHECKING:
     from clipserve.datasets.index import VideoIndex
-    from clipserve.executors.pool import Batch, BatchProducer
+    from clipserve.batch import Batch
+    from clipserve.executors.pool import BatchProducer
 
 logger = logging.getLogger(__name__)
 
@@ -39,37 +47,9 @@ RECENT_SUBSTITUTIONS = 100
 STAGES = ("decode", "augment", "wait", "assemble", "publish")
 
 
-class ServiceBusyError(ClipserveError):
-    """Too many consumers are attached."""
-
-
-class UnknownConsumerError(ClipserveError, KeyError):
-    """No consumer with this id is attached."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
-
-
-class ConsumerRequestError(ClipserveError, ValueError):
-    """The attach request cannot be served (start step out of range, more ranks than videos)."""
-
-
-
-class ConsumerConflictError(ClipserveError):
-    """The request conflicts with the consumer's state (wrong transport, stream already open)."""
-
-
 #: ``(index, *, sampling, augment, batch_size, seed, workers, prefetch_batches, shard_id, num_shards,
 #: rank, world_size, backend) -> BatchProducer``
 ProducerFactory = Callable[..., "BatchProducer"]
-
-
-def steps_per_epoch(num_videos: int, *, batch_size: int, num_shards: int, world_size: int) -> int:
-    """Batches per epoch of each consumer when ``world_size`` consumers share one of ``num_shards``."""
-    from clipserve.plan import consumer_epoch_length
-
-    videos = consumer_epoch_length(num_videos, num_shards=num_shards, world_size=world_size)
-    return -(-videos // batch_size)
 
 
 class DataPlane:
@@ -99,7 +79,7 @@ class DataPlane:
         self._consumers: dict[str, ConsumerSession] = {}
         self._attaching = 0  # attaches in progress (counted against MAX_CONSUMERS)
         self._counter = itertools.count()
-        self._meter = _RateMeter()
+        self._meter = RateMeter()
         self._substitutions: deque[SubstitutionPublic] = deque(maxlen=RECENT_SUBSTITUTIONS)
         self._substitutions_total = 0
         self._closed_totals: dict[str, float] = {}
@@ -150,7 +130,7 @@ class DataPlane:
         except BaseException:
             channel.close("attach failed")
             raise
-        session = ConsumerSession(self, consumer_id, request, producer, channel)
+        session = ConsumerSession(consumer_id, request, producer, channel, self)
         with self._lock:
             if self._closed:
                 closing = True
@@ -210,11 +190,6 @@ class DataPlane:
         session.stop("detached")
         session.join(timeout_seconds)
 
-    def _forget(self, session: ConsumerSession) -> None:
-        with self._lock:
-            if self._consumers.get(session.consumer_id) is session:
-                del self._consumers[session.consumer_id]
-
     # ----- the HTTP transport --------------------------------------------------------------------
 
     def open_http_stream(self, consumer_id: str) -> None:
@@ -249,9 +224,10 @@ class DataPlane:
         if isinstance(channel, HttpChannel):
             channel.mark_disconnected()
 
-    # ----- statistics ----------------------------------------------------------------------------
+    # ----- what sessions report (``SessionListener``) -----------------------------------------------
 
-    def _record_substitutions(self, batch: Batch) -> None:
+    def batch_ready(self, batch: Batch) -> None:
+        """Count and keep the batch's substitutions for ``/v1/stats``."""
         if not batch.substitutions:
             return
         with self._lock:
@@ -269,12 +245,23 @@ class DataPlane:
                     )
                 )
 
-    def _absorb_producer_stats(self, session: ConsumerSession) -> None:
-        """Keep the counters of a producer that is being closed (so totals never go down)."""
-        totals = _producer_totals(session)
+    def batch_delivered(self, *, clips: int, videos: int) -> None:
+        self._meter.add(clips=clips, videos=videos)
+
+    def session_ended(self, session: ConsumerSession) -> None:
+        """Keep the counters of the ended session's (closed) producer, so totals never go down, and forget it."""
+        try:
+            totals = _producer_totals(session)
+        except Exception:  # pragma: no cover - best effort: the session must still be forgotten
+            logger.exception("reading the counters of consumer %s failed", session.consumer_id)
+            totals = {}
         with self._lock:
             for name, value in totals.items():
                 self._closed_totals[name] = self._closed_totals.get(name, 0.0) + value
+            if self._consumers.get(session.consumer_id) is session:
+                del self._consumers[session.consumer_id]
+
+    # ----- statistics ----------------------------------------------------------------------------
 
     def stats(self) -> StatsPublic:
         """Rates, per-consumer ring occupancy, stage times, decode errors and substitutions."""

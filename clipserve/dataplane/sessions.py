@@ -1,7 +1,7 @@
-"""One attached consumer (``ConsumerSession``: producer → feeder thread → channel) and the rate meter.
+"""One attached consumer (``ConsumerSession``: producer → feeder thread → channel).
 
-Sessions live in the data plane (``clipserve.dataplane.plane.DataPlane``), which they report to:
-delivered batches (``meter``), substitutions, and their producer's counters when they end.
+Sessions live in the data plane (``clipserve.dataplane.plane.DataPlane``) but do not import it: they
+report to the ``SessionListener`` they are given (the plane implements it).
 """
 
 from __future__ import annotations
@@ -9,99 +9,60 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from clipserve.api.schemas import ConsumerCreate, ConsumerPublic, RatePublic
+from clipserve.batch import Batch, StreamPosition
 from clipserve.dataplane.channels import Channel
+from clipserve.dataplane.models import ConsumerCreate, ConsumerPublic
 from clipserve.errors import RingFullError
 
 if TYPE_CHECKING:
-    from clipserve.dataplane.plane import DataPlane
-    from clipserve.executors.pool import Batch, BatchProducer
+    from clipserve.executors.pool import BatchProducer
 
 logger = logging.getLogger(__name__)
 
-#: Window of the "recent" delivery rates, seconds.
-RATE_WINDOW_SECONDS = 10.0
 #: A consumer that attached but never connected to its channel is dropped after this many seconds.
 CONNECT_TIMEOUT_SECONDS = 60.0
 #: How long the feeder waits for a free slot before re-checking whether it should stop, seconds.
 PUT_POLL_SECONDS = 0.5
 
 
-class _RateMeter:
-    """Counts delivered clips/videos/batches; rates over the last ``RATE_WINDOW_SECONDS`` and since start."""
+class SessionListener(Protocol):
+    """What a session reports, from its feeder thread."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._started = time.monotonic()
-        self._events: deque[tuple[float, int, int]] = deque()  # (time, clips, videos), one per batch
-        self.clips = 0
-        self.videos = 0
-        self.batches = 0
+    def batch_ready(self, batch: Batch) -> None:
+        """A batch came from the producer (before it is published; its substitutions count now)."""
 
-    def add(self, clips: int, videos: int) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self._events.append((now, clips, videos))
-            self.clips += clips
-            self.videos += videos
-            self.batches += 1
-            self._trim(now)
+    def batch_delivered(self, *, clips: int, videos: int) -> None:
+        """A batch was published to the consumer's channel."""
 
-    def _trim(self, now: float) -> None:
-        while self._events and self._events[0][0] < now - RATE_WINDOW_SECONDS:
-            self._events.popleft()
-
-    def uptime_seconds(self) -> float:
-        return time.monotonic() - self._started
-
-    def rates(self) -> tuple[RatePublic, RatePublic]:
-        now = time.monotonic()
-        with self._lock:
-            self._trim(now)
-            uptime = max(now - self._started, 1e-9)
-            window = min(RATE_WINDOW_SECONDS, uptime)
-            recent = RatePublic(
-                clips_per_second=sum(e[1] for e in self._events) / window,
-                videos_per_second=sum(e[2] for e in self._events) / window,
-                batches_per_second=len(self._events) / window,
-            )
-            total = RatePublic(
-                clips_per_second=self.clips / uptime,
-                videos_per_second=self.videos / uptime,
-                batches_per_second=self.batches / uptime,
-            )
-        return recent, total
-
-
-@dataclass
-class _Position:
-    epoch: int
-    step: int
+    def session_ended(self, session: ConsumerSession) -> None:
+        """Called once, last: channel and producer are closed (the producer's ``stats()`` still answers)."""
 
 
 class ConsumerSession:
-    """One attached consumer: its producer, its channel and the feeder thread between them."""
+    """One attached consumer: its producer, its channel and the feeder thread between them.
+
+    Args:
+        listener: told about every batch and about the end of the session (see ``SessionListener``).
+    """
 
     def __init__(
         self,
-        plane: DataPlane,
         consumer_id: str,
         request: ConsumerCreate,
         producer: BatchProducer,
         channel: Channel,
+        listener: SessionListener,
     ) -> None:
-        self.plane = plane
+        self._listener = listener
         self.consumer_id = consumer_id
         self.request = request
         self.producer = producer
         self.channel = channel
         self.steps_per_epoch = int(producer.steps_per_epoch)
         self.attached_at = time.monotonic()
-        self.next_position = _Position(request.start_epoch, request.start_step)
+        self.next_position = StreamPosition(request.start_epoch, request.start_step)
         self.batches_delivered = 0
         self.clips_delivered = 0
         self.publish_seconds = 0.0
@@ -167,18 +128,14 @@ class ConsumerSession:
             for batch in batches:
                 if self._stop.is_set():
                     break
-                self.plane._record_substitutions(batch)
+                self._listener.batch_ready(batch)
                 if not self._put(batch):
                     break
                 clips = int(batch.clips.shape[0] * batch.clips.shape[1])
                 self.batches_delivered += 1
                 self.clips_delivered += clips
-                step = int(batch.step) + 1
-                epoch = int(batch.epoch)
-                if step >= self.steps_per_epoch:
-                    epoch, step = epoch + 1, 0
-                self.next_position = _Position(epoch, step)
-                self.plane._meter.add(clips=clips, videos=int(batch.clips.shape[0]))
+                self.next_position = batch.position.next(self.steps_per_epoch)
+                self._listener.batch_delivered(clips=clips, videos=int(batch.clips.shape[0]))
             if self.end_reason is None:
                 self.end_reason = "consumer disconnected" if self.channel.disconnected else "stopped"
         except Exception as exc:  # a producer failure must not take the service down
@@ -193,9 +150,8 @@ class ConsumerSession:
         except Exception:  # pragma: no cover - best effort
             logger.exception("closing the channel of consumer %s failed", self.consumer_id)
         try:
-            self.plane._absorb_producer_stats(self)
             self.producer.close()
         except Exception:  # pragma: no cover - best effort
             logger.exception("closing the producer of consumer %s failed", self.consumer_id)
-        self.plane._forget(self)
+        self._listener.session_ended(self)
         logger.info("consumer %s removed: %s", self.consumer_id, self.end_reason)

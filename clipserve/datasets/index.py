@@ -161,7 +161,7 @@ class RecordSequence(Sequence[VideoRecord]):
     per video. Indexing, slicing, ``len`` and iteration behave like a list of records.
     """
 
-    def __init__(self, rows: list[tuple[DatasetEntry, tuple]], cache_size: int = RECORD_CACHE_SIZE) -> None:
+    def __init__(self, rows: Sequence[tuple[DatasetEntry, tuple]], cache_size: int = RECORD_CACHE_SIZE) -> None:
         self._rows = rows
         self._build = lru_cache(maxsize=cache_size)(self._record_at)
 
@@ -190,6 +190,11 @@ class RecordSequence(Sequence[VideoRecord]):
         if not 0 <= position < len(self._rows):
             raise IndexError(f"video_index ({position}) must be in [0, {len(self._rows)})")
         return self._build(position)
+
+    @property
+    def rows(self) -> Sequence[tuple[DatasetEntry, tuple]]:
+        """The ``(entry, cache row)`` pairs behind the records (``clipserve.datasets.shared_rows``)."""
+        return self._rows
 
     def relative_path(self, position: int) -> str:
         """Relative path of video ``position`` without building its record."""

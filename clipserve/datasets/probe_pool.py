@@ -1,60 +1,32 @@
-"""Probe many files in worker processes: :class:`ProbePool`.
+"""Probe many files in worker processes: :class:`ProbePool`, on the one supervised worker pool.
 
-One file per worker at a time, so a file that hangs (per-file timeout) or crashes its worker is
-recorded as broken instead of killing the run.
+One file per worker at a time (``clipserve.workers.SupervisedPool`` with one task per worker), so
+a file that hangs (per-file timeout) or crashes its worker is recorded as broken instead of killing
+the run: 'probe timeout: ...' and 'probe crashed: ...' (reasons the next run probes again).
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import time
-from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from multiprocessing import get_context
-from multiprocessing.connection import Connection, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 
 from clipserve.datasets.probe import probe_video
 from clipserve.datasets.probe_format import ProbeResult
+from clipserve.errors import TaskTimeoutError
+from clipserve.workers import SupervisedPool, TaskResult
+
+#: Files handed to the pool ahead of the ones being probed, per worker (bounds the queued futures).
+QUEUED_PER_WORKER = 4
 
 
-
-def _worker_main(connection: Connection, parent_pid: int) -> None:
-    """Worker loop: receive ``(task_id, path)``, send ``(task_id, ProbeResult)``; ``None`` stops.
-    Exits by itself when the parent process disappears (e.g. killed with SIGKILL)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
-    while True:
-        try:
-            if not connection.poll(1.0):
-                try:
-                    os.kill(parent_pid, 0)
-                except ProcessLookupError:
-                    return
-                continue
-            task = connection.recv()
-        except (EOFError, OSError):
-            return
-        if task is None:
-            return
-        task_id, path = task
-        try:
-            result = probe_video(path)
-        except Exception as exc:  # anything PyAV or the OS throws is a property of this file
-            result = ProbeResult.broken(f"corrupt: probe failed ({type(exc).__name__}: {exc})")
-        try:
-            connection.send((task_id, result))
-        except (BrokenPipeError, OSError):
-            return
-
-
-@dataclass
-class _Worker:
-    process: object
-    connection: Connection
-    task_id: int | None = None
-    started: float = 0.0
+def probe_file(path: str) -> ProbeResult:
+    """The workers' task: probe one file; whatever PyAV or the OS throws is a property of this file."""
+    try:
+        return probe_video(path)
+    except Exception as exc:
+        return ProbeResult.broken(f"corrupt: probe failed ({type(exc).__name__}: {exc})")
 
 
 class ProbePool:
@@ -70,99 +42,51 @@ class ProbePool:
         if timeout_seconds <= 0:
             raise ValueError(f"timeout_seconds ({timeout_seconds}) must be > 0")
         method = "forkserver" if os.name == "posix" and os.uname().sysname == "Linux" else "spawn"
-        self._context = get_context(method)
-        if method == "forkserver":
-            # the server imports PyAV once; each worker forked from it starts ready to probe
-            self._context.set_forkserver_preload(["clipserve.datasets.probe_pool"])
         self._timeout_seconds = float(timeout_seconds)
-        self._workers: list[_Worker] = [self._start_worker() for _ in range(workers)]
+        self._pool = SupervisedPool(
+            "clipserve.datasets.probe_pool:probe_file", workers, preload=["clipserve.datasets.probe_pool"],
+            start_method=method, tasks_per_worker=1, task_timeout_seconds=self._timeout_seconds,
+            describe_task=("probing this file", "on this file"), result=self._probe_result, name="clipserve-probe",
+        )
 
-    def _start_worker(self) -> _Worker:
-        parent_end, child_end = self._context.Pipe(duplex=True)
-        process = self._context.Process(target=_worker_main, args=(child_end, os.getpid()), daemon=True,
-                                        name="clipserve-probe")
-        process.start()
-        child_end.close()
-        return _Worker(process=process, connection=parent_end)
+    def _probe_result(self, outcome: TaskResult) -> ProbeResult:
+        if outcome.failure is None:
+            return outcome.value
+        if isinstance(outcome.failure, TaskTimeoutError):
+            return ProbeResult.broken(f"probe timeout: no answer within {self._timeout_seconds:g} s")
+        return ProbeResult.broken(f"probe crashed: {outcome.failure}")
 
     @property
     def worker_pids(self) -> list[int]:
         """Process ids of the current workers (a crashed worker is replaced by a new pid)."""
-        return [w.process.pid for w in self._workers]  # type: ignore[attr-defined]
+        return self._pool.worker_pids()
 
     def busy_pids(self) -> dict[int, int]:
         """``{task_id: pid}`` of the workers currently probing a file."""
-        return {w.task_id: w.process.pid for w in self._workers if w.task_id is not None}  # type: ignore[attr-defined]
+        return {int(label): pid for label, pid in self._pool.running()}
 
     def run(self, paths: Sequence[str | Path]) -> Iterator[tuple[int, ProbeResult]]:
         """Probe ``paths``; yield ``(position in paths, result)`` as each file finishes."""
-        pending = deque(range(len(paths)))
-        path_strings = [str(p) for p in paths]
+        upcoming = iter(range(len(paths)))
+        in_flight: dict[Future, int] = {}
+        limit = self._pool.num_workers * (1 + QUEUED_PER_WORKER)
 
-        def assign(worker: _Worker) -> None:
-            if pending:
-                task_id = pending.popleft()
-                worker.task_id, worker.started = task_id, time.monotonic()
-                worker.connection.send((task_id, path_strings[task_id]))
+        def top_up() -> None:
+            for position in upcoming:
+                in_flight[self._pool.submit(str(paths[position]), label=str(position))] = position
+                if len(in_flight) >= limit:
+                    return
 
-        for worker in self._workers:
-            assign(worker)
-        while any(w.task_id is not None for w in self._workers):
-            busy = [w for w in self._workers if w.task_id is not None]
-            now = time.monotonic()
-            wait_seconds = max(0.0, min(w.started + self._timeout_seconds for w in busy) - now)
-            handles = [w.connection for w in busy] + [w.process.sentinel for w in busy]  # type: ignore[attr-defined]
-            ready = set(wait(handles, timeout=min(wait_seconds, 1.0) + 0.01))
-            for index, worker in enumerate(self._workers):
-                if worker.task_id is None:
-                    continue
-                task_id = worker.task_id
-                if worker.connection in ready:
-                    try:
-                        received_id, result = worker.connection.recv()
-                    except (EOFError, OSError):
-                        received_id, result = task_id, None
-                    if result is not None and received_id == task_id:
-                        worker.task_id = None
-                        yield task_id, result
-                        assign(worker)
-                        continue
-                dead = worker.process.sentinel in ready and not worker.process.is_alive()  # type: ignore[attr-defined]
-                timed_out = time.monotonic() - worker.started > self._timeout_seconds
-                if dead or (worker.connection in ready) or timed_out:
-                    code = self._stop(worker)
-                    if timed_out and not dead:
-                        reason = f"probe timeout: no answer within {self._timeout_seconds:g} s"
-                    else:
-                        reason = f"probe crashed: the worker process died (exit code {code})"
-                    self._workers[index] = self._start_worker()
-                    yield task_id, ProbeResult.broken(reason)
-                    assign(self._workers[index])
-
-    def _stop(self, worker: _Worker) -> int | None:
-        process = worker.process
-        if process.is_alive():  # type: ignore[attr-defined]
-            process.kill()  # type: ignore[attr-defined]
-        process.join(5)  # type: ignore[attr-defined]
-        worker.connection.close()
-        worker.task_id = None
-        return process.exitcode  # type: ignore[attr-defined]
+        top_up()
+        while in_flight:
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield in_flight.pop(future), future.result()
+            top_up()
 
     def close(self) -> None:
         """Stop every worker (politely, then by force); safe to call twice."""
-        for worker in self._workers:
-            try:
-                worker.connection.send(None)
-            except (OSError, ValueError):
-                pass
-        deadline = time.monotonic() + 2.0
-        for worker in self._workers:
-            worker.process.join(max(0.0, deadline - time.monotonic()))  # type: ignore[attr-defined]
-            if worker.process.is_alive():  # type: ignore[attr-defined]
-                worker.process.kill()  # type: ignore[attr-defined]
-                worker.process.join(5)  # type: ignore[attr-defined]
-            worker.connection.close()
-        self._workers = []
+        self._pool.close(timeout_seconds=2.0)
 
     def __enter__(self) -> ProbePool:
         return self

@@ -16,20 +16,18 @@ naming the codec, the backend and what to do, before anything is decoded.
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import importlib.util
 from collections.abc import Iterable
 from typing import Literal
 
 from clipserve.errors import ConfigError, UnsupportedCodecError
+from clipserve.executors.codec_names import DALI_CPU_CODECS, DALI_GPU_CODECS
 
 BackendRequest = Literal["auto", "pyav", "dali"]
 Backend = Literal["pyav", "dali"]
 
-DALI_CPU_CODECS: frozenset[str] = frozenset({"vp8", "vp9", "mjpeg"})
-"""Codecs (FFmpeg names) DALI ≥ 2.1.1 documents for its CPU decoder (what the installed DALI really
-accepts is asked with ``dali_accepts``)."""
-DALI_GPU_CODECS: frozenset[str] = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg"})
-"""Codecs DALI documents for NVDEC (``device='mixed'``)."""
 
 DALI_CPU_FASTER_THAN_PYAV = False
 """Measured (benchmarks/gpu_bench.py --cpu-only: VP9 340×256, ρ=4, T=8, 224², 2-core VM): DALI's CPU
@@ -61,25 +59,32 @@ def normalize_codec(name: str) -> str:
 
 @functools.cache
 def dali_importable() -> bool:
-    """True when ``nvidia.dali`` imports."""
+    """True when ``nvidia.dali`` is installed (found, not imported: importing it loads CUDA
+    libraries, hundreds of MB that the REST process, which only asks, must not carry)."""
     try:
-        import nvidia.dali  # noqa: F401
-    except Exception:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except (ImportError, ValueError):
         return False
-    return True
 
 
 @functools.cache
 def cuda_usable() -> bool:
-    """True when torch sees a CUDA device and DALI imports (the DALI GPU path can run)."""
-    try:
-        import torch
+    """True when the CUDA driver sees a device and DALI is installed (the DALI GPU path can run).
 
-        if not (torch.cuda.is_available() and torch.cuda.device_count() > 0):
-            return False
-    except Exception:
+    Asks the driver (``libcuda``: ``cuInit``, ``cuDeviceGetCount``) through ctypes instead of
+    importing torch, so deciding the backend costs the REST process no torch (about 290 MB).
+    """
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
         return False
-    return dali_importable()
+    count = ctypes.c_int(0)
+    try:
+        if libcuda.cuInit(0) != 0 or libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return False
+    except AttributeError:  # pragma: no cover - not a CUDA driver library
+        return False
+    return count.value > 0 and dali_importable()
 
 
 def dali_device(*, cuda: bool | None = None) -> Literal["cpu", "gpu"]:

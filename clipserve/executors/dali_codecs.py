@@ -17,7 +17,7 @@ from typing import Literal
 import av
 import numpy as np
 
-from clipserve.executors.backend import DALI_CPU_CODECS, DALI_GPU_CODECS
+from clipserve.executors.codec_names import DALI_CPU_CODECS, DALI_GPU_CODECS
 
 DaliDevice = Literal["cpu", "gpu"]
 

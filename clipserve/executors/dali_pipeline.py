@@ -28,7 +28,6 @@ Output per sample: ``(ρ, C, T, S, S)`` uint8, so a batch is ``(B, ρ, C, T, S, 
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
@@ -261,7 +260,3 @@ def decode_pipeline(device: str):
         colour = colour.gpu()
     return fn.cast(_correct_colour(fn.cast(decoded, dtype=types.FLOAT), colour), dtype=types.UINT8)
 
-
-def blur_window_pixels(sigma_pixels: float) -> int:
-    """Kernel size DALI picks for a σ (2·ceil(3σ)+1), the same rule as the CPU augmentation."""
-    return 2 * max(1, math.ceil(3.0 * sigma_pixels)) + 1

@@ -3,8 +3,10 @@
 ``BatchProducer`` walks this consumer's order of every epoch (``clipserve.plan.epoch_order`` for
 ``shard_id/num_shards`` and ``rank/world_size``), plans each video
 (``clipserve.plan.plan(record, epoch, video_index, seed, sampling, augment)``) and has an executor
-decode and augment it: ``PyAVBatchExecutor`` (worker processes, one video per task) for
-``backend='pyav'``, ``DaliExecutor`` for ``backend='dali'``, or any ``BatchExecutor`` passed in.
+decode and augment it through one interface (``clipserve.executors.interface.VideoExecutor``: one
+future per video, a typed failure for a video without clips): ``PyAVBatchExecutor`` (worker
+processes, one video per task) for ``backend='pyav'``, ``DaliExecutor`` (whole batches, adapted by
+``BatchedVideoExecutor``) for ``backend='dali'``, or any executor passed in.
 
 Steps and padding: every epoch has ``steps_per_epoch = ceil(L / B)`` steps, with
 ``L = consumer_epoch_length(num_videos, num_shards, world_size)`` (the longest consumer part, so all
@@ -21,19 +23,19 @@ Broken videos: a video that fails (decode error, worker crash, timeout) is repla
 deterministic substitute, the next video of this consumer's order for the same epoch (wrapping
 around) that decodes, executed with its own plan for this epoch. The batch records a
 ``Substitution`` (failed video, path, reason, substitute), the failure is logged, counted in
-``stats()``, and remembered: a video that failed with a decode error is not decoded again by this
-producer (crashes and timeouts are retried next time). A batch is never lost; only a consumer
-whose every video fails raises ``DecodeError``.
+``stats()``, and remembered: a video that failed with a ``DecodeError`` is not decoded again by
+this producer (``WorkerCrashError``, ``TaskTimeoutError`` and ``ExecutorClosedError`` are
+retried next time). A batch is never lost; only a consumer whose every video fails raises
+``DecodeError``.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import math
 import threading
 import time
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,20 +44,18 @@ from typing import Any, Iterator, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel
 
+from clipserve.batch import Batch, StreamPosition, Substitution, steps_per_epoch
 from clipserve.config import AugmentConfig, SamplingConfig
 from clipserve.datasets.record import VideoRecord
 from clipserve.errors import ClipserveError, ConfigError, DecodeError
-from clipserve.executors.base import BatchExecutor, PyAVBatchExecutor, VideoResult
-from clipserve.plan import consumer_epoch_length, epoch_order, plan
+from clipserve.executors.base import PyAVBatchExecutor
+from clipserve.executors.interface import BatchExecutor, VideoExecutor, VideoResult, as_video_executor
+from clipserve.plan import epoch_order, plan
 from clipserve.plan_models import ClipPlan
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Batch", "BatchProducer", "PoolStats", "Substitution", "expected_clips_shape"]
-
-_CRASH_MARKERS = ("worker process", "executor closed")
-"""Failure reasons that are not a property of the file (not remembered as broken)."""
-
+__all__ = ["BatchProducer", "PoolStats"]
 
 class _ProducerClosed(Exception):
     """Raised inside the pipeline when ``close()`` was called while a batch was being completed."""
@@ -66,39 +66,6 @@ class IndexLike(Protocol):
 
     root: Path
     records: list[VideoRecord]
-
-
-class Substitution(BaseModel):
-    """One video of a batch that failed and what replaced it."""
-
-    position: int
-    """Position in the batch (0..B-1)."""
-    video_index: int
-    """The video that failed."""
-    relative_path: str
-    reason: str
-    substitute_video_index: int
-    """The video delivered in its place (next in this consumer's order that decodes)."""
-
-
-@dataclass
-class Batch:
-    """One step of one consumer. B = batch size, ρ = clips per video, C = 3, T = frames per clip,
-    S = output size in pixels."""
-
-    clips: np.ndarray
-    """``(B, ρ, C, T, S, S)`` uint8 RGB (a CUDA torch tensor with the DALI GPU backend)."""
-    video_index: np.ndarray
-    """``(B,)`` int64, index of the video each row comes from (the substitute's, if substituted)."""
-    label: np.ndarray
-    """``(B,)`` int64 label ids."""
-    clip_start_seconds: np.ndarray
-    """``(B, ρ)`` float32 start time of each clip, seconds from the video's first frame."""
-    is_padding: np.ndarray
-    """``(B,)`` bool: True for rows that wrap around the end of this consumer's order."""
-    epoch: int
-    step: int
-    substitutions: list[Substitution] = field(default_factory=list)
 
 
 class PoolStats(BaseModel):
@@ -116,9 +83,9 @@ class PoolStats(BaseModel):
     in_flight_batches: int
     decode_seconds: float
     """Worker time outside augmentation (demux, decode, crop, colour conversion), all workers summed;
-    with a generic executor, its whole ``execute_batch`` time."""
+    with a batch executor (DALI), its whole ``execute_batch`` time."""
     augment_seconds: float
-    """Worker time in ``augment_clip``, all workers summed (0 with a generic executor)."""
+    """Worker time in ``augment_clip``, all workers summed (0 with a batch executor)."""
     wait_seconds: float
     """Time the consumer spent blocked in ``batches()`` waiting for results."""
     assemble_seconds: float
@@ -143,8 +110,6 @@ class _PendingBatch:
     epoch: int
     step: int
     slots: list[_Slot]
-    future: Future | None = None
-    """Generic executors: the ``execute_batch`` call of the whole batch."""
 
 
 class BatchProducer:
@@ -159,7 +124,7 @@ class BatchProducer:
         prefetch_batches (int): batches being decoded at most at any time, >= 1.
         shard_id, num_shards, rank, world_size: which part of each epoch this consumer gets.
         backend ('pyav' | 'dali'): which executor to build when ``executor`` is None.
-        executor: a ``BatchExecutor`` to use instead (the producer does not close it).
+        executor: a ``VideoExecutor`` or ``BatchExecutor`` to use instead (the producer does not close it).
     """
 
     def __init__(
@@ -177,7 +142,7 @@ class BatchProducer:
         rank: int = 0,
         world_size: int = 1,
         backend: Literal["pyav", "dali"] = "pyav",
-        executor: BatchExecutor | None = None,
+        executor: VideoExecutor | BatchExecutor | None = None,
     ) -> None:
         for name, value, low in (("batch_size", batch_size, 1), ("workers", workers, 1), ("prefetch_batches", prefetch_batches, 1), ("seed", seed, 0)):
             if value < low:
@@ -201,25 +166,24 @@ class BatchProducer:
                 f"consumer (shard {shard_id}/{num_shards}, rank {rank}/{world_size}) gets no videos: "
                 f"{num_videos} videos < num_shards × world_size"
             )
-        self.videos_per_epoch = consumer_epoch_length(num_videos, num_shards=num_shards, world_size=world_size)
-        """Videos (rows) per epoch for this consumer, padding included."""
-        self.steps_per_epoch = math.ceil(self.videos_per_epoch / batch_size)
+        self.steps_per_epoch = steps_per_epoch(num_videos, batch_size=batch_size, num_shards=num_shards,
+                                               world_size=world_size)
         """Batches per epoch (the same for every rank of a job)."""
         self.backend = backend if executor is None else type(executor).__name__
-        self._owns_executor = executor is None
-        self._pyav: PyAVBatchExecutor | None = None
-        self._executor: BatchExecutor
+        self._executor: VideoExecutor
         if executor is not None:
-            self._executor = executor
+            self._executor = as_video_executor(executor)
+            self._owns_executor = self._executor is not executor  # the adapter, not what it wraps
         elif backend == "pyav":
-            self._pyav = PyAVBatchExecutor(workers)
-            self._executor = self._pyav
+            self._executor = PyAVBatchExecutor(workers)
+            self._owns_executor = True
         else:
             from clipserve.executors.backend import dali_device
             from clipserve.executors.dali import DaliExecutor
 
-            self._executor = DaliExecutor(device=dali_device(), batch_size=batch_size, num_threads=workers)
-        self._batch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipserve-batch") if self._pyav is None else None
+            dali = DaliExecutor(device=dali_device(), batch_size=batch_size, num_threads=workers)
+            self._executor = as_video_executor(dali, owns_executor=True)
+            self._owns_executor = True
         self._orders: dict[int, list[int]] = {}
         self._known_bad: dict[int, str] = {}
         self._lock = threading.Lock()
@@ -270,7 +234,7 @@ class BatchProducer:
             videos_decoded=self._counts["videos_decoded"],
             decode_failures=self._counts["decode_failures"],
             substitutions=self._counts["substitutions"],
-            worker_restarts=self._pyav.worker_restarts if self._pyav is not None else 0,
+            worker_restarts=self._executor.worker_restarts,
             in_flight_batches=len(self._inflight),
             decode_seconds=self._seconds["decode"],
             augment_seconds=self._seconds["augment"],
@@ -285,12 +249,8 @@ class BatchProducer:
         self._closed = True
         self._generation += 1
         self._cancel_inflight()
-        if self._batch_thread is not None:
-            self._batch_thread.shutdown(wait=True, cancel_futures=True)
         if self._owns_executor:
-            close = getattr(self._executor, "close", None)
-            if close is not None:
-                close()
+            self._executor.close()
 
     def __enter__(self) -> "BatchProducer":
         return self
@@ -327,11 +287,10 @@ class BatchProducer:
 
     def _positions(self, epoch: int, step: int) -> Iterator[tuple[int, int]]:
         """(epoch, step) from the given one on, forever."""
+        position = StreamPosition(epoch, step)
         while True:
-            yield epoch, step
-            step += 1
-            if step == self.steps_per_epoch:
-                epoch, step = epoch + 1, 0
+            yield position.epoch, position.step
+            position = position.next(self.steps_per_epoch)
 
     def _submit(self, epoch: int, step: int) -> _PendingBatch:
         order = self.order(epoch)
@@ -345,40 +304,28 @@ class BatchProducer:
         pending = _PendingBatch(epoch, step, slots)
         for slot in slots:
             while slot.video_index in self._known_bad:  # remembered decode errors: substitute right away
-                self._substitute(pending, slot, self._known_bad[slot.video_index], remember=False)
-        if self._pyav is not None:
-            for slot in slots:
-                self._start(slot)
-        else:
-            assert self._batch_thread is not None
-            paths = [self._path(s.video_index) for s in slots]
-            plans = [s.plan for s in slots]
-            self._counts["videos_submitted"] += len(slots)
-            pending.future = self._batch_thread.submit(self._timed_execute, paths, plans)
+                self._substitute(pending, slot, self._known_bad[slot.video_index])
+        self._start(slots)
         return pending
 
     def _path(self, video_index: int) -> Path:
         return Path(self.index.root) / self.index.records[video_index].relative_path
 
-    def _start(self, slot: _Slot, *, urgent: bool = False) -> None:
-        assert self._pyav is not None
-        self._counts["videos_submitted"] += 1
-        slot.future = self._pyav.submit(self._path(slot.video_index), slot.plan, urgent=urgent)
+    def _start(self, slots: list[_Slot], *, urgent: bool = False) -> None:
+        """Hand the slots' videos to the executor (one call: a batch executor runs them together)."""
+        self._counts["videos_submitted"] += len(slots)
+        futures = self._executor.submit_batch([self._path(s.video_index) for s in slots], [s.plan for s in slots],
+                                              urgent=urgent)
+        for slot, future in zip(slots, futures, strict=True):
+            slot.future = future
 
-    def _timed_execute(self, paths: list[Path], plans: list[ClipPlan]) -> tuple[Any, dict[int, str]]:
-        started = time.perf_counter()
-        try:
-            return self._executor.execute_batch(paths, plans)
-        finally:
-            with self._lock:
-                self._seconds["decode"] += time.perf_counter() - started
-
-    def _substitute(self, pending: _PendingBatch, slot: _Slot, reason: str, *, remember: bool = True) -> None:
-        """Record the failure of ``slot``'s video and point the slot at the next candidate."""
+    def _substitute(self, pending: _PendingBatch, slot: _Slot, reason: str, *, remember: bool = False) -> None:
+        """Record the failure of ``slot``'s video and point the slot at the next candidate;
+        ``remember``: the failure is a property of the file (not decoded again by this producer)."""
         failed = slot.video_index
         path = self.index.records[failed].relative_path
         self._counts["decode_failures"] += 1
-        if remember and not any(marker in reason for marker in _CRASH_MARKERS):
+        if remember:
             self._known_bad[failed] = reason
         slot.failures.append((failed, reason))
         order = self.order(pending.epoch)
@@ -408,25 +355,22 @@ class BatchProducer:
             slot.result = result
             self._counts["videos_decoded"] += 1
             return
-        if self._pyav is not None and self._pyav.broken_reason is not None:
-            raise ClipserveError(f"the PyAV worker pool cannot run: {self._pyav.broken_reason}")
-        self._substitute(pending, slot, result.failure_reason or "unknown failure")
+        if self._executor.broken_reason is not None:
+            raise ClipserveError(f"the {self.backend} executor cannot run: {self._executor.broken_reason}")
+        self._substitute(pending, slot, result.failure_reason or "unknown failure",
+                         remember=isinstance(result.failure, DecodeError))
         while slot.video_index in self._known_bad:
-            self._substitute(pending, slot, self._known_bad[slot.video_index], remember=False)
-        self._start(slot, urgent=True)
+            self._substitute(pending, slot, self._known_bad[slot.video_index])
+        self._start([slot], urgent=True)
 
     def _service(self) -> None:
         """Resubmit substitutes for failures already known in any in-flight batch (non-blocking)."""
         for pending in self._inflight:
-            if pending.future is not None:
-                continue
             for slot in pending.slots:
                 if slot.result is None and slot.future is not None and slot.future.done():
                     self._absorb(pending, slot)
 
     def _complete(self, pending: _PendingBatch) -> Batch:
-        if pending.future is not None:
-            return self._complete_generic(pending)
         while True:
             if self._closed:
                 raise _ProducerClosed()
@@ -438,39 +382,14 @@ class BatchProducer:
             wait_futures(waiting, return_when="FIRST_COMPLETED")
             self._seconds["wait"] += time.perf_counter() - started
         started = time.perf_counter()
-        first = pending.slots[0].result
-        assert first is not None and first.clips is not None
-        clips = np.empty((len(pending.slots), *first.clips.shape), dtype=np.uint8)
-        for b, slot in enumerate(pending.slots):
+        rows = []
+        for slot in pending.slots:
             assert slot.result is not None and slot.result.clips is not None
-            clips[b] = slot.result.clips
+            rows.append(slot.result.clips)
             slot.result = None  # release the worker's buffer
-        batch = self._batch(pending, clips)
+        batch = self._batch(pending, _stack(rows))
         self._seconds["assemble"] += time.perf_counter() - started
         return batch
-
-    def _complete_generic(self, pending: _PendingBatch) -> Batch:
-        assert pending.future is not None
-        started = time.perf_counter()
-        if self._closed or pending.future.cancelled():
-            raise _ProducerClosed()
-        clips, failures = pending.future.result()
-        self._seconds["wait"] += time.perf_counter() - started
-        self._counts["videos_decoded"] += len(pending.slots) - len(failures)
-        for b, reason in sorted(failures.items()):
-            slot = pending.slots[b]
-            while True:
-                self._substitute(pending, slot, reason)
-                while slot.video_index in self._known_bad:
-                    self._substitute(pending, slot, self._known_bad[slot.video_index], remember=False)
-                self._counts["videos_submitted"] += 1
-                one, one_failures = self._timed_execute([self._path(slot.video_index)], [slot.plan])
-                if not one_failures:
-                    self._counts["videos_decoded"] += 1
-                    clips[b] = one[0]
-                    break
-                reason = one_failures[0]
-        return self._batch(pending, clips)
 
     def _batch(self, pending: _PendingBatch, clips: Any) -> Batch:
         substitutions = [
@@ -493,15 +412,20 @@ class BatchProducer:
 
     def _cancel_inflight(self) -> None:
         for pending in self._inflight:
-            if pending.future is not None:
-                pending.future.cancel()
             for slot in pending.slots:
                 if slot.future is not None:
                     slot.future.cancel()
         self._inflight.clear()
 
 
-def expected_clips_shape(sampling: SamplingConfig, augment: AugmentConfig) -> tuple[int, int, int, int, int]:
-    """``(ρ, C, T, S, S)`` of every row of a batch for these configs."""
-    return (sampling.num_clips, 3, sampling.frames_per_clip, augment.crop_size_pixels, augment.crop_size_pixels)
 
+def _stack(rows: list[Any]) -> Any:
+    """``(B, ρ, C, T, S, S)`` uint8 from B rows: NumPy, or torch for CUDA rows (the DALI GPU path)."""
+    if isinstance(rows[0], np.ndarray):
+        clips = np.empty((len(rows), *rows[0].shape), dtype=np.uint8)
+        for b, row in enumerate(rows):
+            clips[b] = row
+        return clips
+    import torch
+
+    return torch.stack(rows)

@@ -46,10 +46,11 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from clipserve.batch import Batch
 from clipserve.errors import RingClosedError, RingError, RingFullError
 from clipserve.transport.layout import FIELD_NAMES, BatchLayout, batch_arrays, batch_position
 from clipserve.transport.ring import SHM_DIR, SharedSegment, instance_prefix, segment_name
@@ -59,23 +60,6 @@ MAX_LINE_BYTES = 4096
 _ACCEPT_POLL_SECONDS = 0.2
 #: sun_path holds 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH_BYTES = 107
-
-
-class BatchLike(Protocol):
-    """What ``ConsumerChannel.put`` reads from a batch (e.g. ``clipserve.executors.pool.Batch``).
-
-    ``clips`` (B, ρ, C, T, H, W) uint8, ``video_index`` (B) int64, ``label`` (B) int64,
-    ``clip_start_seconds`` (B, ρ) float32, ``is_padding`` (B) bool, ``epoch`` and ``step`` ints;
-    an optional ``substitutions`` list (only its length is sent).
-    """
-
-    clips: Any
-    video_index: Any
-    label: Any
-    clip_start_seconds: Any
-    is_padding: Any
-    epoch: int
-    step: int
 
 
 class NoBatchError(RingError, TimeoutError):
@@ -252,14 +236,14 @@ class ConsumerChannel(ChannelState):
         with self._condition:
             return self.num_slots - len(self._free_slots), self.num_slots
 
-    def put(self, batch: BatchLike, timeout_seconds: float | None = None) -> bool:
+    def put(self, batch: Batch, timeout_seconds: float | None = None) -> bool:
         """Copy ``batch`` into a free slot and announce it to the consumer.
 
         Blocks while every slot is taken. Call from one producer thread per channel.
 
         Args:
-            batch: object with ``clips, video_index, label, clip_start_seconds, is_padding, epoch,
-                step`` (numpy arrays or CPU tensors with the layout's shapes and dtypes).
+            batch: a ``clipserve.batch.Batch`` (numpy arrays or CPU tensors with the layout's
+                shapes and dtypes; only the number of ``substitutions`` is sent).
             timeout_seconds: longest wait for a free slot; ``None`` waits until one frees up or the
                 consumer disconnects.
 

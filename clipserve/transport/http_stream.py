@@ -21,11 +21,11 @@ import json
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import safetensors.numpy
 
+from clipserve.batch import Batch
 from clipserve.errors import ClipserveError
 from clipserve.transport.layout import FIELD_NAMES, BatchLayout, batch_arrays, batch_position
 
@@ -61,12 +61,12 @@ class DecodedFrame:
     num_substitutions: int = 0
 
 
-def encode_batch_frame(batch: Any, layout: BatchLayout) -> bytes:
+def encode_batch_frame(batch: Batch, layout: BatchLayout) -> bytes:
     """One frame (header + safetensors payload) for ``batch``.
 
     Args:
-        batch: object with ``clips, video_index, label, clip_start_seconds, is_padding, epoch, step``
-            (and optionally ``substitutions``), arrays matching ``layout``.
+        batch: a ``clipserve.batch.Batch`` whose arrays match ``layout`` (only the number of
+            ``substitutions`` is sent).
         layout: the service's batch layout; shapes and dtypes are checked against it.
 
     Raises:

@@ -31,12 +31,15 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from clipserve.batch import ARRAY_FIELDS, CHANNELS, Batch, batch_clips_shape
+from clipserve.config import AugmentConfig, SamplingConfig
+
 #: Every array in a slot starts at a multiple of this many bytes (cache line / AVX-512 friendly).
 ALIGNMENT_BYTES = 64
 #: Bumped whenever the meaning of the slot bytes changes; part of ``layout_id``.
 LAYOUT_FORMAT_VERSION = 1
-#: Array fields of a batch, in slot order.
-FIELD_NAMES: tuple[str, ...] = ("clips", "video_index", "label", "clip_start_seconds", "is_padding")
+#: Array fields of a batch, in slot order (``clipserve.batch.ARRAY_FIELDS``).
+FIELD_NAMES: tuple[str, ...] = ARRAY_FIELDS
 
 
 def _align_up(value_bytes: int, alignment_bytes: int = ALIGNMENT_BYTES) -> int:
@@ -87,10 +90,17 @@ class BatchLayout(BaseModel):
 
     batch_size: int = Field(ge=1, le=1 << 16)
     num_clips: int = Field(ge=1, le=1 << 10)
-    channels: int = Field(default=3, ge=1, le=4)
+    channels: int = Field(default=CHANNELS, ge=1, le=4)
     frames_per_clip: int = Field(ge=1, le=1 << 12)
     height_pixels: int = Field(ge=1, le=1 << 14)
     width_pixels: int = Field(ge=1, le=1 << 14)
+
+    @classmethod
+    def for_configs(cls, batch_size: int, sampling: SamplingConfig, augment: AugmentConfig) -> BatchLayout:
+        """The layout of batches of ``batch_size`` videos drawn with these configs
+        (``clipserve.batch.batch_clips_shape``)."""
+        b, rho, c, t, h, w = batch_clips_shape(batch_size, sampling, augment)
+        return cls(batch_size=b, num_clips=rho, channels=c, frames_per_clip=t, height_pixels=h, width_pixels=w)
 
     @property
     def clips_shape(self) -> tuple[int, int, int, int, int, int]:
@@ -196,7 +206,7 @@ class BatchLayout(BaseModel):
         }
 
 
-def _field_array(batch: Any, name: str, layout: BatchLayout) -> np.ndarray:
+def _field_array(batch: Batch, name: str, layout: BatchLayout) -> np.ndarray:
     spec = layout.field(name)
     try:
         value = getattr(batch, name)
@@ -214,7 +224,7 @@ def _field_array(batch: Any, name: str, layout: BatchLayout) -> np.ndarray:
     return array
 
 
-def batch_position(batch: Any) -> tuple[int, int]:
+def batch_position(batch: Batch) -> tuple[int, int]:
     """``(batch.epoch, batch.step)`` as ints; ``ValueError`` unless both are ints >= 0."""
     epoch, step = getattr(batch, "epoch", None), getattr(batch, "step", None)
     for name, value in (("epoch", epoch), ("step", step)):
@@ -223,7 +233,7 @@ def batch_position(batch: Any) -> tuple[int, int]:
     return int(epoch), int(step)  # type: ignore[arg-type]
 
 
-def batch_arrays(batch: Any, layout: BatchLayout) -> dict[str, np.ndarray]:
+def batch_arrays(batch: Batch, layout: BatchLayout) -> dict[str, np.ndarray]:
     """The array fields of ``batch`` (numpy arrays or CPU torch tensors), checked against ``layout``.
 
     Index-like fields are cast within their kind (e.g. int32 → int64); ``clips`` must be uint8.

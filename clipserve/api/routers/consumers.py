@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from clipserve.api.deps import ServiceDep
 from clipserve.api.schemas import ConsumerAttached, ConsumerCreate
 from clipserve.errors import ClipserveError, RingError
-from clipserve.dataplane.plane import (
+from clipserve.service import (
     MAX_CONSUMERS,
     ConsumerConflictError,
     ConsumerRequestError,

@@ -157,7 +157,7 @@ async function select(index) {
   }
   await show();
 }
-// One colour per clip, as the contact sheet's timeline (clipserve/api/render.py CLIP_COLORS).
+// One colour per clip, as the contact sheet's timeline (clipserve/inspect/render.py CLIP_COLORS).
 const CLIP_COLORS = ["rgb(86,180,233)", "rgb(230,159,0)", "rgb(0,158,115)", "rgb(240,228,66)",
                      "rgb(0,114,178)", "rgb(213,94,0)", "rgb(204,121,167)", "rgb(220,220,220)"];
 function timelineDuration(plan) {

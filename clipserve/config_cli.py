@@ -1,0 +1,150 @@
+"""Command-line flags generated from pydantic model fields: one declaration, one help text per field.
+
+A field's flag is ``--<name with dashes>`` unless the field names another in its
+``json_schema_extra={"flag": "--crop-size"}``; its help is the field's ``description`` (from
+``Field(description=...)`` or the attribute docstring) plus its default and, for settings models,
+its environment variable. ``clipserve start``, ``clipserve plan`` and the trainer build their
+parsers with ``add_model_arguments`` and never restate a field.
+
+``shared_field(Model, name)`` declares a field of one model as the same field of another (same
+default, constraints and description), e.g. ``ServiceConfig.num_clips`` is ``SamplingConfig.num_clips``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import types
+import typing
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+__all__ = ["add_model_arguments", "field_flag", "model_fields", "model_overrides", "shared_field"]
+
+
+def shared_field(model: type[BaseModel], name: str, *, flag: str | None = None) -> Any:
+    """A copy of ``model``'s field ``name`` (default, constraints, description) to declare it again,
+    optionally with its own flag name."""
+    info = copy.deepcopy(model.model_fields[name])
+    if flag is not None:
+        extra = dict(info.json_schema_extra) if isinstance(info.json_schema_extra, dict) else {}
+        info.json_schema_extra = {**extra, "flag": flag}
+    return info
+
+
+def model_fields(model: Any) -> dict[str, FieldInfo]:
+    """The fields of a pydantic model or pydantic dataclass, in declaration order."""
+    fields = getattr(model, "model_fields", None)
+    if fields is None:
+        fields = model.__pydantic_fields__
+    return dict(fields)
+
+
+def field_flag(name: str, info: FieldInfo) -> str:
+    """The flag of a field: its ``json_schema_extra['flag']`` or ``--`` + the name with dashes."""
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    return str(extra.get("flag") or "--" + name.replace("_", "-"))
+
+
+def _value_type(annotation: Any) -> tuple[Any, tuple[Any, ...] | None]:
+    """``(argparse type, choices or None)`` for a field annotation (``X | None`` counts as ``X``)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _value_type(args[0])
+        return str, None
+    if origin is Literal:
+        values = typing.get_args(annotation)
+        return type(values[0]), values
+    if annotation in (int, float, str, Path):
+        return annotation, None
+    return str, None
+
+
+def _parse_bool(raw: str) -> bool:
+    low = raw.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {raw!r}")
+
+
+def _default_text(info: FieldInfo) -> str:
+    if info.is_required():
+        return "required"
+    default = info.get_default(call_default_factory=True)
+    return f"default: {'unset' if default is None else (repr(default) if default == '' else default)}"
+
+
+def add_model_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    model: Any,
+    *,
+    fields: Iterable[str] | None = None,
+    env_prefix: str | None = None,
+    use_defaults: bool = False,
+    choices: bool = False,
+    converter: Callable[[str, Any], Callable[[str], Any]] | None = None,
+    bool_values: bool = False,
+) -> list[str]:
+    """Add one flag per field of ``model`` (all, or ``fields`` in that order); return the field names.
+
+    Args:
+        env_prefix: name the environment variable of each field in its help (settings models).
+        use_defaults: put the model's defaults into the namespace; False leaves fields that were not
+            given out of it (``argparse.SUPPRESS``), so flags override the environment and config
+            files only where given (``model_overrides``).
+        choices: let argparse reject values outside a ``Literal`` (otherwise pydantic does).
+        converter: ``converter(flag, type)`` gives the value parser of a flag (default: the type).
+        bool_values: booleans take an optional value (``--resume``, ``--resume false``).
+
+    ``model`` is a pydantic model or pydantic dataclass. Booleans become switches (``--eval-mode``
+    sets True) unless their default is True, in which case ``--no-<name>`` sets False.
+    """
+    all_fields = model_fields(model)
+    names = list(fields) if fields is not None else list(all_fields)
+    formatter = getattr(parser, "formatter_class", None)
+    # argparse's ArgumentDefaultsHelpFormatter prints the defaults it is given itself
+    formatter_shows_defaults = use_defaults and isinstance(formatter, type) and issubclass(
+        formatter, argparse.ArgumentDefaultsHelpFormatter)
+    for name in names:
+        info = all_fields[name]
+        flag = field_flag(name, info)
+        text = (info.description or name.replace("_", " ")).strip().rstrip(".")
+        env = f"; env {env_prefix}{name.upper()}" if env_prefix else ""
+        shown = [] if formatter_shows_defaults and not info.is_required() else [_default_text(info)]
+        shown += [env[2:]] if env else []
+        help_text = (f"{text} ({'; '.join(shown)})" if shown else text).replace("%", "%%")
+        default = info.get_default(call_default_factory=True) if use_defaults and not info.is_required() else argparse.SUPPRESS
+        if info.annotation is bool and bool_values:
+            parse = converter(flag, bool) if converter is not None else _parse_bool
+            parser.add_argument(flag, dest=name, nargs="?", const=True, type=parse, default=default, help=help_text)
+            continue
+        if info.annotation is bool:
+            if default is True or (not use_defaults and info.default is True):
+                parser.add_argument("--no-" + flag[2:], dest=name, action="store_const", const=False,
+                                    default=default, help=help_text)
+            else:
+                parser.add_argument(flag, dest=name, action="store_const", const=True, default=default, help=help_text)
+            continue
+        kind, allowed = _value_type(info.annotation)
+        kwargs: dict[str, Any] = dict(dest=name, type=converter(flag, kind) if converter else kind, default=default,
+                                      help=help_text)
+        if choices and allowed is not None:
+            kwargs["choices"] = allowed
+        if use_defaults and info.is_required():
+            kwargs["required"] = True
+        parser.add_argument(flag, **kwargs)
+    return names
+
+
+def model_overrides(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
+    """The fields among ``names`` that the command line gave (see ``use_defaults=False``)."""
+    given = vars(args)
+    return {name: given[name] for name in names if name in given}

@@ -1,0 +1,29 @@
+"""What the service core reports about itself (pydantic); ``GET /v1/info`` serves it as is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from clipserve.config import AugmentConfig, SamplingConfig
+from clipserve.datasets.index import IndexSummary
+
+
+class InfoPublic(BaseModel):
+    """``GET /v1/info``: what this service serves and how batches are laid out."""
+
+    version: str
+    backend: str
+    """Executor actually used: 'pyav', 'dali-cpu' or 'dali-gpu'."""
+    config: dict[str, Any]
+    """The service config (flags / env / file), without secrets."""
+    sampling: SamplingConfig
+    augment: AugmentConfig
+    dataset: IndexSummary
+    """Summary of the index (counts, classes, broken files, histograms)."""
+    num_videos: int
+    batch_layout: dict[str, Any]
+    """``BatchLayout.describe()``: shapes ``clips (B, ρ, C, T, H, W)``, dtypes, slot offsets, layout_id."""
+    steps_per_epoch_single_consumer: int
+    """Batches in one epoch of this shard for a consumer attached with world_size=1."""
