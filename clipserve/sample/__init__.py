@@ -8,7 +8,7 @@ Layout written under ``root`` (exactly what the official K400 download looks lik
     clipserve-sample.json                           what was asked for (makes re-runs idempotent)
 
 Modules, one job each: :mod:`~clipserve.sample.spec` (which videos, pure data),
-:mod:`~clipserve.sample.renderers` (their frames), :mod:`~clipserve.sample.build` (encoding, layout,
+:mod:`~clipserve.sample.renderers` (their frames; :mod:`~clipserve.sample.learnable` draws the learnable world, :mod:`~clipserve.sample.pixels` holds the shared pixel helpers), :mod:`~clipserve.sample.build` (encoding, layout,
 CSVs, manifest).
 
 Output is byte-for-byte deterministic for a seed (same files on every run, on this machine and

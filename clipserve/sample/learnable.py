@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipserve.sample.renderers import _COS_TABLE, _rgb_to_yuv420p
+from clipserve.sample.pixels import _COS_TABLE, _rgb_to_yuv420p
 from clipserve.sample.spec import LEARNABLE_CLASS_NAMES, SampleVideo
 
 ShapeFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
