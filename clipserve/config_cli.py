@@ -66,13 +66,15 @@ def _value_type(annotation: Any) -> tuple[Any, tuple[Any, ...] | None]:
     return str, None
 
 
-def _parse_bool(raw: str) -> bool:
+def parse_bool(raw: str, flag: str = "") -> bool:
+    """A flag's boolean value: 1/true/yes/on or 0/false/no/off (any case); the error names the flag."""
     low = raw.lower()
     if low in ("1", "true", "yes", "on"):
         return True
     if low in ("0", "false", "no", "off"):
         return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {raw!r}")
+    raise argparse.ArgumentTypeError(f"{flag} expects a boolean (true/false), got {raw!r}" if flag
+                                     else f"expected a boolean (true/false), got {raw!r}")
 
 
 def _default_text(info: FieldInfo) -> str:
@@ -123,7 +125,7 @@ def add_model_arguments(
         help_text = (f"{text} ({'; '.join(shown)})" if shown else text).replace("%", "%%")
         default = info.get_default(call_default_factory=True) if use_defaults and not info.is_required() else argparse.SUPPRESS
         if info.annotation is bool and bool_values:
-            parse = converter(flag, bool) if converter is not None else _parse_bool
+            parse = converter(flag, bool) if converter is not None else parse_bool
             parser.add_argument(flag, dest=name, nargs="?", const=True, type=parse, default=default, help=help_text)
             continue
         if info.annotation is bool:

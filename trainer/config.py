@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
 
-from clipserve.config_cli import add_model_arguments
+from clipserve.config_cli import add_model_arguments, parse_bool
 
 
 class ConfigError(ValueError):
@@ -164,15 +164,7 @@ _DEFAULTS = {name: info.default for name, info in TrainConfig.__pydantic_fields_
 
 
 def _parse_bool(flag: str) -> Callable[[str], bool]:
-    def parse(raw: str) -> bool:
-        low = raw.lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise argparse.ArgumentTypeError(f"{flag} expects a boolean (true/false), got {raw!r}")
-
-    return parse
+    return lambda raw: parse_bool(raw, flag)
 
 
 def _converter(flag: str, kind: type) -> Callable[[str], Any]:
