@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -51,6 +50,7 @@ from pydantic import BaseModel, ConfigDict
 
 from clipserve.errors import ConfigError, DatasetError
 from clipserve.sample import SampleVideo, default_workers, make_sample_spec, render_frames
+from clipserve.sample.build import encode_atomically
 
 Layout = Literal["ucf101", "hmdb51", "ssv2"]
 LAYOUTS: tuple[Layout, ...] = ("ucf101", "hmdb51", "ssv2")
@@ -197,13 +197,7 @@ def encode_layout_video(layout: str, video: SampleVideo, path: str | Path) -> in
 def _encode_into(root: str, layout: str, video: LayoutVideo) -> int:
     final = Path(root) / video.relative_path
     partial = final.with_name(f".partial-{final.name}")
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        size = encode_layout_video(layout, video.content, partial)
-        os.replace(partial, final)
-    except (OSError, av.error.FFmpegError) as exc:
-        raise DatasetError(f"cannot write {final}: {exc}") from None
-    return size
+    return encode_atomically(final, partial, lambda path: encode_layout_video(layout, video.content, path))
 
 
 class LayoutBuildResult(BaseModel):

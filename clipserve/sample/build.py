@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
@@ -51,9 +52,19 @@ def _encode_into(root: str, video: SampleVideo) -> int:
     interrupted build never leaves a truncated file at a final path."""
     final = Path(root) / video.relative_path
     partial = Path(root) / _PARTIAL_DIR / f"{video.youtube_id}{final.suffix}"
+    return encode_atomically(final, partial, lambda path: encode_sample_video(video, path))
+
+
+def encode_atomically(final: Path, partial: Path, encode: Callable[[Path], int]) -> int:
+    """Run ``encode(partial)`` (returns bytes written), then move ``partial`` to ``final`` atomically,
+    so an interrupted build never leaves a truncated file at a final path. Returns the size in bytes.
+
+    Raises:
+        DatasetError: the file cannot be written (disk full, read-only folder, encoder failure).
+    """
     try:
         partial.parent.mkdir(parents=True, exist_ok=True)
-        size = encode_sample_video(video, partial)
+        size = encode(partial)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(partial, final)
     except (OSError, av.error.FFmpegError) as exc:  # disk full, read-only folder, encoder failure
