@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipserve.sample.pixels import _COS_TABLE, _rgb_to_yuv420p
+from clipserve.sample.pixels import _rgb_to_yuv420p, soft_waves
 from clipserve.sample.spec import LEARNABLE_CLASS_NAMES, SampleVideo
 
 ShapeFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -235,11 +235,7 @@ def _texture(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndar
     c0 = base + rng.uniform(-35, 35, size=3)
     c1 = c0 + rng.uniform(-15, 15, size=3)
     image = c0 + (c1 - c0) * ramp[..., None]
-    waves = np.zeros((height, wide))
-    for _ in range(3):
-        fx, fy = rng.uniform(-4, 4, size=2)
-        turns = fx * xs + fy * ys + rng.uniform(0, 1)
-        waves += _COS_TABLE[((turns - np.floor(turns)) * 1024).astype(np.int64) & 1023]
+    waves = soft_waves(xs, ys, rng, max_cycles=4)
     image += (rng.uniform(2, 5) * waves)[..., None] * rng.uniform(0.5, 1.0, size=3)
     luma = float((image @ np.array([0.299, 0.587, 0.114])).mean())
     return image, luma

@@ -12,6 +12,18 @@ may differ in the last bit; with only +, -, *, / and floor on float64 every pixe
 every run (so a seed always gives the same encoded bytes)."""
 
 
+
+def soft_waves(xs: np.ndarray, ys: np.ndarray, rng: np.random.Generator, max_cycles: float, count: int = 3) -> np.ndarray:
+    """(H, W) float64 sum of ``count`` plane cosine waves, each of random direction and phase with at most
+    ``max_cycles`` turns across the unit frame coordinates ``xs`` (1, W) and ``ys`` (H, 1); values in
+    [-count, count]. Draws 3 numbers per wave from ``rng`` (fx, fy, phase), in that order."""
+    waves = np.zeros((ys.shape[0], xs.shape[1]))
+    for _ in range(count):
+        fx, fy = rng.uniform(-max_cycles, max_cycles, size=2)
+        turns = fx * xs + fy * ys + rng.uniform(0, 1)
+        waves += _COS_TABLE[((turns - np.floor(turns)) * 1024).astype(np.int64) & 1023]
+    return waves
+
 def _rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> packed (H * 3 // 2, W) uint8 yuv420p, BT.601 limited range (what
     FFmpeg assumes for untagged video), chroma = mean of each 2×2 block. Integer arithmetic, so

@@ -18,7 +18,7 @@ import numpy as np
 
 from clipserve.errors import ConfigError
 from clipserve.sample.learnable import render_learnable_yuv420p
-from clipserve.sample.pixels import _COS_TABLE, _planes, _rgb_to_yuv420p, yuv420p_to_rgb  # noqa: F401 (re-export)
+from clipserve.sample.pixels import _planes, _rgb_to_yuv420p, soft_waves, yuv420p_to_rgb  # noqa: F401 (re-export)
 from clipserve.sample.spec import CLASS_NAMES, SampleVideo
 
 
@@ -227,11 +227,7 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     ramp = (math.cos(angle) * xs + math.sin(angle) * ys) * 0.7 + 0.15  # (H, W)
     c0, c1 = rng.uniform(20, 235, size=(2, 3))
     image = c0 + (c1 - c0) * ramp[..., None]  # (H, W, 3)
-    waves = np.zeros((height, width))
-    for _ in range(3):
-        fx, fy = rng.uniform(-6, 6, size=2)
-        turns = fx * xs + fy * ys + rng.uniform(0, 1)
-        waves += _COS_TABLE[((turns - np.floor(turns)) * 1024).astype(np.int64) & 1023]
+    waves = soft_waves(xs, ys, rng, max_cycles=6)
     image += (rng.uniform(6, 18) * waves)[..., None] * rng.uniform(0.5, 1.0, size=3)
     frame = np.clip(image, 0, 255).astype(np.uint8)
     unit = min(width, height)
