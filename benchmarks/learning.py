@@ -52,7 +52,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -68,7 +67,8 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-READY_PATTERN = re.compile(r"serving (\d+) videos at (http://\S+?)/? ")
+from trainer.eval_services import READY_PATTERN, stop_process_group  # noqa: E402 (after the path insert)
+
 OBJECTIVES = ("moco", "byol", "simclr", "swav")
 
 
@@ -129,20 +129,8 @@ def _popen(command: Sequence[str], log_path: Path, threads: int = 1) -> subproce
 
 
 def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_seconds: float = 30.0) -> None:
-    """``sig`` to the process, wait, then SIGKILL its whole process group (decode workers included)."""
-    if process.poll() is None:
-        try:
-            process.send_signal(sig)
-            process.wait(timeout_seconds)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # anything left of its session (its own pgid)
-    except (ProcessLookupError, PermissionError):
-        pass
-    if process.poll() is None:
-        process.kill()
-        process.wait(10)
+    """``stop_process_group`` (``sig``, wait, SIGKILL the process group), and forget the process."""
+    stop_process_group(process, sig, timeout_seconds)
     with _LIVE_LOCK:
         if process in _LIVE:
             _LIVE.remove(process)

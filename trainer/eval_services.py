@@ -71,7 +71,7 @@ def eval_services(dataset: str, root: Path, splits: Sequence[str], split_id: int
             yield [_wait_ready(p, log, timeout_seconds) for p, log in zip(processes, logs)]
         finally:
             for process in processes:
-                _stop(process)
+                stop_process_group(process)
 
 
 def _wait_ready(process: subprocess.Popen[bytes], log: Path, timeout_seconds: float) -> str:
@@ -87,9 +87,12 @@ def _wait_ready(process: subprocess.Popen[bytes], log: Path, timeout_seconds: fl
     raise RuntimeError(f"clipserve start ({' '.join(process.args[3:11])} ...) did not become ready:\n{tail}")
 
 
-def _stop(process: subprocess.Popen[bytes], timeout_seconds: float = 30.0) -> None:
+def stop_process_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
+                       timeout_seconds: float = 30.0) -> None:
+    """``sig`` to a process started in its own session, wait up to ``timeout_seconds``, then SIGKILL
+    whatever is left of its process group (decode workers included) and reap it."""
     if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(sig)
         try:
             process.wait(timeout_seconds)
         except subprocess.TimeoutExpired:
@@ -98,6 +101,9 @@ def _stop(process: subprocess.Popen[bytes], timeout_seconds: float = 30.0) -> No
         os.killpg(process.pid, signal.SIGKILL)  # decode workers left behind, if any
     except (ProcessLookupError, PermissionError):
         pass
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
     if process.poll() is None:
         process.kill()
         process.wait(10)
