@@ -16,7 +16,7 @@ follow the range: full-range streams are converted as full-range BT.601), with *
 same pixels on BT.601 streams, and so does the PyAV executor's default conversion
 (``clipserve.executors.yuv``, ``chroma="bilinear"``). The PyAV executor converts with the stream's
 declared matrix (BT.709, BT.2020, ...), so the executor corrects DALI's RGB in the graph: the
-stream's tags are read when the file is opened for ``probe_video`` (``stream_colour_correction``,
+stream's tags are read when the file is opened for ``probe_video`` (``_check_video``,
 no decoding), and ``[R', G', B'] = M_declared · M_601⁻¹ · [R, G, B, 1]``
 (``yuv.bt601_rgb_correction``) is applied to the float frames right after ``fn.warp_affine`` (an
 affine map in RGB commutes with the convex bilinear resampling), before the colour jitter.
@@ -83,6 +83,13 @@ def probe_video(data: bytes | np.ndarray, device: Device) -> str:
         UnsupportedCodecError: the codec is not decodable by this backend.
         DecodeError: not a readable video (empty, truncated header, no video stream, no frame).
     """
+    return _check_video(data, device)[0]
+
+
+def _check_video(data: bytes | np.ndarray, device: Device) -> tuple[str, np.ndarray | None]:
+    """``probe_video``'s checks; returns the codec name and the 3×4 RGB correction for the colour the
+    stream declares (``yuv.bt601_rgb_correction``; None when that is BT.601, DALI's own matrix),
+    read from the tags of the same open, without decoding."""
     import io
 
     raw = bytes(data)
@@ -93,7 +100,9 @@ def probe_video(data: bytes | np.ndarray, device: Device) -> str:
             if not container.streams.video:
                 raise DecodeError("no video stream")
             stream = container.streams.video[0]
-            codec = stream.codec_context.name
+            context = stream.codec_context
+            codec = context.name
+            colour = declared_colour(int(context.colorspace), int(context.color_range), context.pix_fmt or "")
             if not dali_accepts(codec, device):
                 raise UnsupportedCodecError(unsupported_codec_message(codec, "dali-gpu" if device == "gpu" else "dali-cpu"))
             for _ in container.decode(stream):
@@ -106,27 +115,13 @@ def probe_video(data: bytes | np.ndarray, device: Device) -> str:
         if scan.frame_access != "pts":
             raise DecodeError(f"packet timestamps do not identify frames ({scan.access_problem}): DALI would index "
                               "frames by them; the PyAV executor (--backend pyav) serves this file exactly")
-        return codec
+        return codec, (None if colour.matrix == UNTAGGED_COLOUR.matrix else bt601_rgb_correction(colour))
     except DecodeError:
         raise
     except PacketScanError as exc:
         raise DecodeError(f"unreadable video: {exc}") from exc
     except (av.FFmpegError, ValueError, OSError, EOFError) as exc:
         raise DecodeError(f"unreadable video: {exc}") from exc
-
-
-def stream_colour_correction(data: bytes | np.ndarray) -> np.ndarray | None:
-    """The 3×4 RGB correction (``yuv.bt601_rgb_correction``) for the colour the file's video stream
-    declares (container/codec tags, no decoding), or None when that is BT.601 (DALI's own matrix)."""
-    import io
-
-    try:
-        with av.open(io.BytesIO(bytes(data)), mode="r") as container:
-            context = container.streams.video[0].codec_context
-            colour = declared_colour(int(context.colorspace), int(context.color_range), context.pix_fmt or "")
-    except (av.FFmpegError, ValueError, OSError, EOFError, IndexError):
-        return None  # probe_video reports unreadable files
-    return None if colour.matrix == UNTAGGED_COLOUR.matrix else bt601_rgb_correction(colour)
 
 
 def _read_bytes(path: Path) -> np.ndarray:
@@ -295,7 +290,6 @@ class DaliExecutor:
             for b, (path, plan) in enumerate(zip(paths, plans)):
                 try:
                     data = _read_bytes(Path(path))
-                    probe_video(data, self.device)
                     samples.append(sample_inputs(data, plan, self._correction(data)))
                     good.append(b)
                 except (DecodeError, ValueError) as exc:
@@ -317,7 +311,10 @@ class DaliExecutor:
             return clips, failures
 
     def _correction(self, data: np.ndarray) -> np.ndarray | None:
-        return stream_colour_correction(data) if self.colour_correction else None
+        """``probe_video``'s checks (raise ``DecodeError`` / ``UnsupportedCodecError``), then the
+        colour correction this executor applies (None: DALI's own conversion)."""
+        correction = _check_video(data, self.device)[1]
+        return correction if self.colour_correction else None
 
     def decode_frames(self, source: str | Path, frame_indices: Sequence[int], *, rotation_degrees: int = 0) -> np.ndarray:
         """Decode frames with DALI, same contract as ``clipserve.executors.pyav.decode_frames``.
@@ -334,7 +331,6 @@ class DaliExecutor:
             return np.zeros((0, 0, 0, 3), dtype=np.uint8)
         with self._lock:
             data = _read_bytes(Path(source))
-            probe_video(data, self.device)
             sample = (data, *sorted_frames(frame_indices), colour_input(self._correction(data)))
             results, failures = self._run_resilient(("decode",), DECODE_INPUT_NAMES, [sample])
             if failures:
