@@ -71,6 +71,11 @@ from trainer.eval_services import READY_PATTERN, stop_process_group  # noqa: E40
 
 OBJECTIVES = ("moco", "byol", "simclr", "swav")
 
+CPU_SSL_LR = {"moco": 0.01, "byol": 0.05, "simclr": 0.01, "swav": 0.01}
+"""SGD ``--base-lr`` per objective on the CPU (tiny backbone, 16 videos a batch, 800 steps): the
+contrastive objectives learn nothing at 0.3 (their loss stays at chance) and most at 0.005-0.01;
+ρBYOL is flat between 0.02 and 0.3 (prototype sweep, docs/benchmarks.md)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
@@ -195,6 +200,9 @@ def sampling_flags(args: argparse.Namespace, *, num_clips: int, max_span_seconds
              "--workers", str(workers or args.workers), "--seed", str(seed), "--index-cache", str(args.index_cache)]
     if max_span_seconds is not None:
         flags += ["--max-span-seconds", str(max_span_seconds)]
+    if not args.gpu:  # the CPU recipe's augmentation (ignored by --eval-mode services); --gpu keeps aug+
+        flags += ["--crop-area", *map(str, args.crop_area), "--color-jitter-strength", *map(str, args.color_jitter_strength),
+                  "--blur-probability", str(args.blur_probability)]
     return flags
 
 
@@ -280,12 +288,17 @@ def previous_run(args: argparse.Namespace, run: RunSpec, seed: int) -> dict[str,
 
 
 def trainer_flags(args: argparse.Namespace, objective: str) -> list[str]:
-    """The benchmark's trainer settings on top of ``--profile`` (CPU: a queue smaller than the
-    train split, so MoCo's negatives are not mostly the positives' own earlier clips)."""
-    flags = [] if args.gpu else ["--base-lr", str(args.ssl_lr)]
-    if not args.gpu and objective == "moco":
+    """The benchmark's trainer settings on top of ``--profile`` (CPU: per-objective learning rates,
+    temperature ``--temperature``, a MoCo queue smaller than the train split so its negatives are
+    not mostly the positives' own earlier clips, 30 SwAV prototypes for 10 categories)."""
+    if args.gpu:
+        return list(args.trainer_flags)
+    flags = ["--base-lr", str(args.ssl_lr if args.ssl_lr is not None else CPU_SSL_LR[objective])]
+    if objective != "byol":
+        flags += ["--temperature", str(args.temperature)]
+    if objective == "moco":
         flags += ["--moco-queue-size", str(args.moco_queue)]
-    if not args.gpu and objective == "swav":
+    if objective == "swav":
         flags += ["--swav-num-prototypes", "30"]
     return flags + list(args.trainer_flags)
 
@@ -511,9 +524,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--trainer-threads", type=int, default=1, help="torch threads per trainer")
     parser.add_argument("--moco-queue", type=int, default=256, help="ρMoCo queue size on the CPU (videos' keys)")
     parser.add_argument("--supervised-lr", type=float, default=0.002, help="supervised control's peak Adam learning rate")
-    parser.add_argument("--ssl-lr", type=float, default=0.3,
-                        help="--base-lr of every self-supervised run on the CPU (SGD; the cpu profile's 0.05-0.1 "
-                             "learns too slowly in this budget)")
+    parser.add_argument("--ssl-lr", type=float, default=None,
+                        help="--base-lr of every self-supervised run on the CPU (SGD; default per objective: "
+                             + ", ".join(f"{o} {lr}" for o, lr in CPU_SSL_LR.items()) + ")")
+    parser.add_argument("--temperature", type=float, default=0.2,
+                        help="α of ρMoCo, ρSimCLR and ρSwAV on the CPU (the paper's 0.1 learns less with 16 videos a batch)")
+    parser.add_argument("--crop-area", type=float, nargs=2, default=(0.6, 1.0), metavar=("LOW", "HIGH"),
+                        help="random-resized-crop area fraction on the CPU (aug+: 0.2 0.766; a 48² frame cropped to "
+                             "a fifth keeps too little of the object)")
+    parser.add_argument("--color-jitter-strength", type=float, nargs=4, default=(0.4, 0.4, 0.4, 0.1),
+                        metavar=("B", "C", "S", "H"), help="colour jitter strength on the CPU (aug+: 0.6 0.6 0.6 0.15)")
+    parser.add_argument("--blur-probability", type=float, default=0.0,
+                        help="Gaussian blur probability on the CPU (aug+: 0.5; σ up to 2 px erases a 48² object's markings)")
     parser.add_argument("--k", type=int, default=20, help="kNN neighbours")
     parser.add_argument("--no-supervised-control", action="store_true", help="skip the supervised reference")
     parser.add_argument("--evaluate-only", action="store_true",
@@ -618,7 +640,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "crop_size_pixels": args.crop, "frames_per_clip": args.frames, "frame_stride": args.stride,
                      "target_fps": args.target_fps, "batch_size": args.batch_size, "workers": args.workers,
                      "eval_clips": args.eval_clips, "k": args.k, "backbone": args.backbone, "profile": args.profile,
-                     "device": args.device, "moco_queue": args.moco_queue, "trainer_flags": args.trainer_flags},
+                     "device": args.device, "moco_queue": args.moco_queue, "trainer_flags": args.trainer_flags,
+                     "ssl_lr": args.ssl_lr if args.ssl_lr is not None else (None if args.gpu else CPU_SSL_LR),
+                     "temperature": None if args.gpu else args.temperature,
+                     "augment": None if args.gpu else {"crop_area_fraction": args.crop_area,
+                                                       "color_jitter_strength": args.color_jitter_strength,
+                                                       "blur_probability": args.blur_probability}},
         "num_bank_videos": sum(int((~b.is_padding).sum()) for b in bank),
         "num_query_videos": sum(int((~b.is_padding).sum()) for b in queries),
         "random_init": random_init, "supervised": supervised, "configurations": configurations,

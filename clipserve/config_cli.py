@@ -50,6 +50,17 @@ def field_flag(name: str, info: FieldInfo) -> str:
     return str(extra.get("flag") or "--" + name.replace("_", "-"))
 
 
+def _tuple_arity(annotation: Any) -> tuple[Any, int] | None:
+    """``(element type, length)`` of a fixed-length homogeneous tuple annotation such as
+    ``tuple[float, float]`` (one flag taking that many values), else None."""
+    if typing.get_origin(annotation) is not tuple:
+        return None
+    args = typing.get_args(annotation)
+    if not args or Ellipsis in args or len(set(args)) != 1 or args[0] not in (int, float):
+        return None
+    return args[0], len(args)
+
+
 def _value_type(annotation: Any) -> tuple[Any, tuple[Any, ...] | None]:
     """``(argparse type, choices or None)`` for a field annotation (``X | None`` counts as ``X``)."""
     origin = typing.get_origin(annotation)
@@ -138,6 +149,11 @@ def add_model_arguments(
         kind, allowed = _value_type(info.annotation)
         kwargs: dict[str, Any] = dict(dest=name, type=converter(flag, kind) if converter else kind, default=default,
                                       help=help_text)
+        arity = _tuple_arity(info.annotation)
+        if arity is not None:  # e.g. --crop-area 0.6 1.0
+            kind, count = arity
+            kwargs.update(type=converter(flag, kind) if converter else kind, nargs=count,
+                          metavar=tuple(name.upper().split("_")[-1] + str(i) for i in range(count)))
         if choices and allowed is not None:
             kwargs["choices"] = allowed
         if use_defaults and info.is_required():

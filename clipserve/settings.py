@@ -76,8 +76,17 @@ class ServiceConfig(BaseSettings):
     max_span_seconds: float | None = shared_field(SamplingConfig, "max_span_seconds")
     min_span_seconds: float = shared_field(SamplingConfig, "min_span_seconds")
     temporal_sampling: Literal["random", "centre"] = shared_field(SamplingConfig, "temporal_sampling")
-    # augmentation: AugmentConfig's output size, or its evaluation view
+    # augmentation: the fields of AugmentConfig, declared there (ignored with eval_mode but the size)
     crop_size_pixels: int = shared_field(AugmentConfig, "crop_size_pixels", flag="--crop-size")
+    random_resized_crop: bool = shared_field(AugmentConfig, "random_resized_crop")
+    crop_area_fraction: tuple[float, float] = shared_field(AugmentConfig, "crop_area_fraction", flag="--crop-area")
+    crop_aspect_ratio: tuple[float, float] = shared_field(AugmentConfig, "crop_aspect_ratio", flag="--crop-aspect")
+    flip_probability: float = shared_field(AugmentConfig, "flip_probability")
+    color_jitter_probability: float = shared_field(AugmentConfig, "color_jitter_probability")
+    color_jitter_strength: tuple[float, float, float, float] = shared_field(AugmentConfig, "color_jitter_strength")
+    grayscale_probability: float = shared_field(AugmentConfig, "grayscale_probability")
+    blur_probability: float = shared_field(AugmentConfig, "blur_probability")
+    blur_sigma_range: tuple[float, float] = shared_field(AugmentConfig, "blur_sigma_range", flag="--blur-sigma")
     eval_mode: bool = Field(
         False, description="evaluation view: short side resized, centre crop, no random augmentation"
     )
@@ -123,10 +132,11 @@ class ServiceConfig(BaseSettings):
         return SamplingConfig(**{name: getattr(self, name) for name in SamplingConfig.model_fields})
 
     def augment(self) -> AugmentConfig:
-        """The planner's augmentation config: the paper's aug+ or, with ``eval_mode``, the centre crop."""
+        """The planner's augmentation config: its own fields (default: the paper's aug+) or, with
+        ``eval_mode``, the centre crop of ``crop_size_pixels``."""
         if self.eval_mode:
             return AugmentConfig.evaluation(self.crop_size_pixels)
-        return AugmentConfig(crop_size_pixels=self.crop_size_pixels)
+        return AugmentConfig(**{name: getattr(self, name) for name in AugmentConfig.model_fields})
 
     def resolved_workers(self) -> int:
         """Decode worker processes: ``workers`` or the number of CPU cores."""

@@ -34,6 +34,38 @@ def test_service_sampling_fields_are_the_planners_own() -> None:
     assert field_flag("crop_size_pixels", crop) == "--crop-size"
 
 
+def test_service_augmentation_fields_are_the_planners_own() -> None:
+    """Every AugmentConfig field is a ``clipserve start`` field with the same default and help;
+    ``augment()`` carries the values over, and ``eval_mode`` still gives the plain centre crop."""
+    for name, info in AugmentConfig.model_fields.items():
+        mine = ServiceConfig.model_fields[name]
+        assert (mine.annotation, mine.default, mine.description) == (info.annotation, info.default, info.description)
+    assert ServiceConfig(root=Path("/data")).augment() == AugmentConfig()
+    config = ServiceConfig(root=Path("/data"), crop_size_pixels=32, crop_area_fraction=(0.6, 1.0), blur_probability=0.0,
+                           color_jitter_strength=(0.4, 0.4, 0.4, 0.1))
+    augment = config.augment()
+    assert (augment.crop_area_fraction, augment.blur_probability, augment.color_jitter_strength) == (
+        (0.6, 1.0), 0.0, (0.4, 0.4, 0.4, 0.1))
+    assert config.model_copy(update={"eval_mode": True}).augment() == AugmentConfig.evaluation(32)
+
+
+def test_tuple_fields_take_one_flag_with_several_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_model_arguments(parser, ServiceConfig, env_prefix="CLIPSERVE_")
+    args = parser.parse_args(["--root", "/data", "--crop-area", "0.6", "1", "--color-jitter-strength", "0.4", "0.4", "0.4",
+                              "0.1", "--no-random-resized-crop"])
+    assert vars(args) == {"root": Path("/data"), "crop_area_fraction": [0.6, 1.0], "random_resized_crop": False,
+                          "color_jitter_strength": [0.4, 0.4, 0.4, 0.1]}
+    config = ServiceConfig(**vars(args))
+    assert (config.crop_area_fraction, config.augment().random_resized_crop) == ((0.6, 1.0), False)
+    with pytest.raises((argparse.ArgumentError, SystemExit)):
+        parser.parse_args(["--root", "/data", "--crop-area", "0.6"])  # one value of two
+    with pytest.raises(ValueError, match=r"blur_probability \(1.5\) must be in \[0.0, 1.0\]"):
+        ServiceConfig(root=Path("/data"), blur_probability=1.5)
+    monkeypatch.setenv("CLIPSERVE_CROP_AREA_FRACTION", "[0.5, 0.9]")  # env: JSON
+    assert ServiceConfig(root=Path("/data")).augment().crop_area_fraction == (0.5, 0.9)
+
+
 def test_every_field_of_every_config_has_a_description() -> None:
     from trainer.config import TrainConfig
 
@@ -55,6 +87,14 @@ def test_start_and_plan_share_flag_and_help_text() -> None:
     args = plan_parser.parse_args(["--root", "/data", "--video", "3", "--num-clips", "4", "--crop-size", "32"])
     sampling, augment = plan.configs_from_args(args)
     assert (sampling.num_clips, sampling.frames_per_clip, augment.crop_size_pixels) == (4, 8, 32)
+    assert augment == AugmentConfig(crop_size_pixels=32)  # the service's defaults
+    for name, flag in (("crop_area_fraction", "--crop-area"), ("color_jitter_strength", "--color-jitter-strength"),
+                       ("blur_probability", "--blur-probability"), ("random_resized_crop", "--no-random-resized-crop")):
+        description = (AugmentConfig.model_fields[name].description or "").strip().rstrip(".")
+        assert description in _help_of(start_parser, flag) and description in _help_of(plan_parser, flag), flag
+    args = plan_parser.parse_args(["--root", "/data", "--video", "0", "--crop-area", "0.6", "1", "--blur-probability", "0"])
+    assert plan.configs_from_args(args)[1].model_dump() == AugmentConfig(crop_area_fraction=(0.6, 1.0),
+                                                                         blur_probability=0.0).model_dump()
 
 
 def test_generated_flags_leave_unset_fields_to_env_and_files() -> None:

@@ -23,8 +23,8 @@ from clipserve.settings import ServiceConfig
 HELP = "print the clip plan (JSON) of one video; optionally write its decoded and augmented frames as PNG"
 
 #: Fields of ``ServiceConfig`` this command takes, with the same flags and help as ``clipserve start``.
-SERVICE_FIELDS = ("dataset", "root", "split", "split_id", "seed", *SamplingConfig.model_fields, "crop_size_pixels",
-                  "eval_mode")
+SERVICE_FIELDS = ("dataset", "root", "split", "split_id", "seed", *SamplingConfig.model_fields,
+                  *AugmentConfig.model_fields, "eval_mode")
 
 
 class PlanOptions(BaseModel):
@@ -48,8 +48,8 @@ def configs_from_args(args: argparse.Namespace) -> tuple[SamplingConfig, Augment
     """Build the planner's configs from the flags; invalid values raise ``ConfigError``."""
     try:
         sampling = SamplingConfig(**{name: getattr(args, name) for name in SamplingConfig.model_fields})
-        size = args.crop_size_pixels
-        augment = AugmentConfig.evaluation(size) if args.eval_mode else AugmentConfig(crop_size_pixels=size)
+        augment = AugmentConfig.evaluation(args.crop_size_pixels) if args.eval_mode else AugmentConfig(
+            **{name: getattr(args, name) for name in AugmentConfig.model_fields})
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     return sampling, augment
