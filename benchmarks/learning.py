@@ -7,9 +7,16 @@ train / 200 val videos of 48×48 pixels, 8 s at 15 fps; built into ``--data`` if
 scale, shape and colour and the scene's pan and lighting drift along its timeline.
 
 Every pretraining run is the real pipeline: its own ``clipserve start`` service (with the run's
-``--num-clips`` and ``--max-span-seconds``, aug+ augmentation) feeding ``python -m trainer`` over
-shared memory (ClipStream). The supervised control reads the same kind of stream in this process
-(the same tiny backbone, ρ=2 global, the same number of steps, a linear head on the labels).
+``--num-clips`` and ``--max-span-seconds``) feeding ``python -m trainer`` over shared memory
+(ClipStream). The supervised control reads the same kind of stream in this process (the same tiny
+backbone, ρ=2 global, the same number of steps, a linear head on the labels).
+
+The CPU recipe (each part a flag; the prototype sweep behind it is in docs/benchmarks.md): the
+services serve aug+ made milder for 48² frames (``--crop-area 0.6 1.0``: a fifth of the frame
+often misses the object; ``--color-jitter-strength 0.4 0.4 0.4 0.1``; ``--blur-probability 0``:
+σ up to 2 px erases the markings), and the trainers run the ``cpu`` profile with SGD at
+``CPU_SSL_LR`` (0.01; ρBYOL 0.05) and temperature 0.2. With aug+ and ``--base-lr 0.3`` every
+objective stayed within 7 points of random init and the supervised control at 57 %.
 Evaluation reads the train split (the kNN memory bank and the probe's training set) and the val split
 (the queries) once from ``--eval-mode`` services (centre crops, no augmentation, ``--eval-clips``
 clips per video, features averaged over them) and scores every encoder on the same clips: kNN top-1
