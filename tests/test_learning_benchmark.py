@@ -1,0 +1,62 @@
+"""The learning benchmark's CPU recipe reaches the service and the trainer as it says (no runs: the
+flags it builds are parsed by ``clipserve start``'s and the trainer's own parsers)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+from clipserve.commands import start
+from clipserve.config import AugmentConfig
+from clipserve.settings import ServiceConfig
+from trainer.config import parse_args as parse_trainer_args
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _benchmark():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("learning_benchmark", REPO_ROOT / "benchmarks" / "learning.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _service_config(flags: list[str]) -> ServiceConfig:
+    parser = argparse.ArgumentParser()
+    start.add_arguments(parser)
+    args = parser.parse_args(["--root", "/data", *flags])
+    return ServiceConfig(**start._overrides(args))
+
+
+def test_cpu_services_serve_the_milder_augmentation_and_eval_services_the_centre_crop(tmp_path: Path) -> None:
+    learning = _benchmark()
+    args = learning.parse_args(["--out", str(tmp_path)])
+    train = _service_config(learning.sampling_flags(args, num_clips=4, max_span_seconds=1.5, seed=3))
+    assert (train.num_clips, train.max_span_seconds, train.seed, train.crop_size_pixels) == (4, 1.5, 3, 32)
+    assert train.augment() == AugmentConfig(crop_size_pixels=32, crop_area_fraction=(0.6, 1.0),
+                                            color_jitter_strength=(0.4, 0.4, 0.4, 0.1), blur_probability=0.0)
+    evaluation = _service_config([*learning.sampling_flags(args, num_clips=4, max_span_seconds=None, seed=0),
+                                  "--eval-mode"])
+    assert evaluation.augment() == AugmentConfig.evaluation(32)
+    gpu = learning.parse_args(["--gpu", "--out", str(tmp_path)])
+    assert _service_config(learning.sampling_flags(gpu, num_clips=2, max_span_seconds=None, seed=0)).augment() == \
+        AugmentConfig(crop_size_pixels=112)  # aug+ at GPU scale
+
+
+def test_cpu_trainers_get_each_objectives_learning_rate_and_temperature(tmp_path: Path) -> None:
+    learning = _benchmark()
+    args = learning.parse_args(["--out", str(tmp_path)])
+    for objective in learning.OBJECTIVES:
+        config = parse_trainer_args(["--objective", objective, "--profile", "cpu", "--server", "synthetic",
+                                     *learning.trainer_flags(args, objective)])
+        assert config.base_lr == learning.CPU_SSL_LR[objective], objective
+        if objective != "byol":  # BYOL has no temperature
+            assert config.temperature == 0.2, objective
+    assert parse_trainer_args(["--objective", "moco", "--profile", "cpu", "--server", "synthetic",
+                               *learning.trainer_flags(args, "moco")]).moco_queue_size == 256
+    one_lr = learning.parse_args(["--out", str(tmp_path), "--ssl-lr", "0.3"])
+    assert "0.3" in learning.trainer_flags(one_lr, "byol")
