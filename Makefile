@@ -36,7 +36,7 @@ bench: venv
 	$(BIN)/python benchmarks/ring.py
 	$(BIN)/python benchmarks/service.py
 
-# longer runs: learning (~10 min quick, on the learnable world), REST load, memory over 10,000 batches
+# longer runs: learning (--quick: 11 min on 2 cores, a smoke run; the full table is 24 min), REST load, memory over 10,000 batches
 bench-long: venv
 	$(BIN)/python benchmarks/learning.py --quick
 	$(BIN)/python benchmarks/load.py

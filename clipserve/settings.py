@@ -6,7 +6,7 @@ and onto an environment variable with the ``CLIPSERVE_`` prefix (``CLIPSERVE_CRO
 Values may also come from a config file (TOML or JSON, flat keys = field names).
 Priority, highest first: command-line flags, environment, config file, defaults.
 
-The sampling fields and the output size are ``SamplingConfig``'s and ``AugmentConfig``'s own fields
+The sampling fields and the augmentation fields are ``SamplingConfig``'s and ``AugmentConfig``'s own fields
 (``shared_field``: same default, description and checks); ``ServiceConfig.sampling()`` and
 ``ServiceConfig.augment()`` build the planner's configs from them.
 """
