@@ -186,6 +186,14 @@ class AugmentConfig(_Frozen):
         return v
 
     @classmethod
+    def from_fields(cls, source: Any, *, eval_mode: bool = False) -> "AugmentConfig":
+        """The config of ``source``'s attributes named like this model's fields (a ``ServiceConfig``,
+        a command's parsed flags) or, with ``eval_mode``, the evaluation view of its ``crop_size_pixels``."""
+        if eval_mode:
+            return cls.evaluation(source.crop_size_pixels)
+        return cls(**{name: getattr(source, name) for name in cls.model_fields})
+
+    @classmethod
     def evaluation(cls, crop_size_pixels: int = 224) -> "AugmentConfig":
         """The evaluation view: short side resized to the output size, centre crop, nothing random."""
         return cls(

@@ -147,13 +147,13 @@ def add_model_arguments(
                 parser.add_argument(flag, dest=name, action="store_const", const=True, default=default, help=help_text)
             continue
         kind, allowed = _value_type(info.annotation)
+        arity = _tuple_arity(info.annotation)
+        if arity is not None:  # one flag, several values: --crop-area 0.6 1.0
+            kind, count = arity
         kwargs: dict[str, Any] = dict(dest=name, type=converter(flag, kind) if converter else kind, default=default,
                                       help=help_text)
-        arity = _tuple_arity(info.annotation)
-        if arity is not None:  # e.g. --crop-area 0.6 1.0
-            kind, count = arity
-            kwargs.update(type=converter(flag, kind) if converter else kind, nargs=count,
-                          metavar=tuple(name.upper().split("_")[-1] + str(i) for i in range(count)))
+        if arity is not None:
+            kwargs.update(nargs=count, metavar=tuple(name.upper().split("_")[-1] + str(i) for i in range(count)))
         if choices and allowed is not None:
             kwargs["choices"] = allowed
         if use_defaults and info.is_required():

@@ -134,9 +134,7 @@ class ServiceConfig(BaseSettings):
     def augment(self) -> AugmentConfig:
         """The planner's augmentation config: its own fields (default: the paper's aug+) or, with
         ``eval_mode``, the centre crop of ``crop_size_pixels``."""
-        if self.eval_mode:
-            return AugmentConfig.evaluation(self.crop_size_pixels)
-        return AugmentConfig(**{name: getattr(self, name) for name in AugmentConfig.model_fields})
+        return AugmentConfig.from_fields(self, eval_mode=self.eval_mode)
 
     def resolved_workers(self) -> int:
         """Decode worker processes: ``workers`` or the number of CPU cores."""

@@ -48,8 +48,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[SamplingConfig, Augment
     """Build the planner's configs from the flags; invalid values raise ``ConfigError``."""
     try:
         sampling = SamplingConfig(**{name: getattr(args, name) for name in SamplingConfig.model_fields})
-        augment = AugmentConfig.evaluation(args.crop_size_pixels) if args.eval_mode else AugmentConfig(
-            **{name: getattr(args, name) for name in AugmentConfig.model_fields})
+        augment = AugmentConfig.from_fields(args, eval_mode=args.eval_mode)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     return sampling, augment
