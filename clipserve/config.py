@@ -12,7 +12,7 @@ field, echoes the value and states the valid range, e.g.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
@@ -31,6 +31,12 @@ def _check_interval(name: str, value: tuple[float, float], low: float, high: flo
 class _Frozen(BaseModel):
     # each field's docstring is its description: the help text of its flag wherever it has one
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    @classmethod
+    def from_fields(cls, source: Any) -> Self:
+        """The config of ``source``'s attributes named like this model's fields (a ``ServiceConfig``,
+        a command's parsed flags); a missing attribute is an ``AttributeError``, not a default."""
+        return cls(**{name: getattr(source, name) for name in cls.model_fields})
 
 
 class SamplingConfig(_Frozen):
@@ -186,15 +192,15 @@ class AugmentConfig(_Frozen):
         return v
 
     @classmethod
-    def from_fields(cls, source: Any, *, eval_mode: bool = False) -> "AugmentConfig":
-        """The config of ``source``'s attributes named like this model's fields (a ``ServiceConfig``,
-        a command's parsed flags) or, with ``eval_mode``, the evaluation view of its ``crop_size_pixels``."""
+    def from_fields(cls, source: Any, *, eval_mode: bool = False) -> Self:
+        """As ``_Frozen.from_fields`` or, with ``eval_mode``, the evaluation view of ``source``'s
+        ``crop_size_pixels``."""
         if eval_mode:
             return cls.evaluation(source.crop_size_pixels)
-        return cls(**{name: getattr(source, name) for name in cls.model_fields})
+        return super().from_fields(source)
 
     @classmethod
-    def evaluation(cls, crop_size_pixels: int = 224) -> "AugmentConfig":
+    def evaluation(cls, crop_size_pixels: int = 224) -> Self:
         """The evaluation view: short side resized to the output size, centre crop, nothing random."""
         return cls(
             crop_size_pixels=crop_size_pixels,

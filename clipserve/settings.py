@@ -129,7 +129,7 @@ class ServiceConfig(BaseSettings):
 
     def sampling(self) -> SamplingConfig:
         """The planner's sampling config (ρ, T, τ, fps, span, temporal sampling): its own fields."""
-        return SamplingConfig(**{name: getattr(self, name) for name in SamplingConfig.model_fields})
+        return SamplingConfig.from_fields(self)
 
     def augment(self) -> AugmentConfig:
         """The planner's augmentation config: its own fields (default: the paper's aug+) or, with

@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def configs_from_args(args: argparse.Namespace) -> tuple[SamplingConfig, AugmentConfig]:
     """Build the planner's configs from the flags; invalid values raise ``ConfigError``."""
     try:
-        sampling = SamplingConfig(**{name: getattr(args, name) for name in SamplingConfig.model_fields})
+        sampling = SamplingConfig.from_fields(args)
         augment = AugmentConfig.from_fields(args, eval_mode=args.eval_mode)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
