@@ -36,6 +36,7 @@ Commands::
     python benchmarks/learning.py                 # the whole table (800 steps a run; 27.5 min of training on a shared 2-core VM)
     python benchmarks/learning.py --quick         # 400 steps, no extra timespan seeds (about half the compute)
     python benchmarks/learning.py --only moco,moco-tmax0 --seeds 2
+    python benchmarks/learning.py --only byol --backbone r2plus1d_18 --trainer-flag=--optimizer --trainer-flag=lars
     python benchmarks/learning.py --gpu           # GPU scale (not run here): r3d_18, 112², more steps
 
 ``--gpu`` is the same benchmark at GPU scale (documented, not run on the CPU machines): backbone
@@ -74,9 +75,8 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from trainer.eval_services import READY_PATTERN, stop_process_group  # noqa: E402 (after the path insert)
-
-OBJECTIVES = ("moco", "byol", "simclr", "swav")
+from trainer.config import BACKBONES, OBJECTIVES  # noqa: E402 (after the path insert)
+from trainer.eval_services import READY_PATTERN, stop_process_group  # noqa: E402
 
 CPU_SSL_LR = {"moco": 0.01, "byol": 0.05, "simclr": 0.01, "swav": 0.01}
 """SGD ``--base-lr`` per objective on the CPU (tiny backbone, 16 videos a batch, 800 steps): the
@@ -543,6 +543,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         metavar=("B", "C", "S", "H"), help="colour jitter strength on the CPU (aug+: 0.6 0.6 0.6 0.15)")
     parser.add_argument("--blur-probability", type=float, default=0.0,
                         help="Gaussian blur probability on the CPU (aug+: 0.5; σ up to 2 px erases a 48² object's markings)")
+    parser.add_argument("--backbone", default=None, choices=BACKBONES,
+                        help="backbone of every run and of the supervised control (default tiny, --gpu r3d_18)")
     parser.add_argument("--k", type=int, default=20, help="kNN neighbours")
     parser.add_argument("--no-supervised-control", action="store_true", help="skip the supervised reference")
     parser.add_argument("--evaluate-only", action="store_true",
@@ -559,7 +561,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.frames = args.frames or (16 if gpu else 4)
     args.batch_size = args.batch_size or (32 if gpu else 16)
     args.workers = args.workers or (8 if gpu else 1)
-    args.backbone = "r3d_18" if gpu else "tiny"
+    args.backbone = args.backbone or ("r3d_18" if gpu else "tiny")
     args.profile = "paper" if gpu else "cpu"
     args.device = "cuda" if gpu else "cpu"
     if gpu:

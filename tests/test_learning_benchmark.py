@@ -8,6 +8,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 from clipserve.commands import start
 from clipserve.config import AugmentConfig
 from clipserve.settings import ServiceConfig
@@ -60,3 +62,14 @@ def test_cpu_trainers_get_each_objectives_learning_rate_and_temperature(tmp_path
                                *learning.trainer_flags(args, "moco")]).moco_queue_size == 256
     one_lr = learning.parse_args(["--out", str(tmp_path), "--ssl-lr", "0.3"])
     assert "0.3" in learning.trainer_flags(one_lr, "byol")
+
+
+def test_backbone_flag_picks_every_runs_backbone_and_rejects_unknown_names(tmp_path: Path) -> None:
+    learning = _benchmark()
+    assert learning.parse_args(["--out", str(tmp_path)]).backbone == "tiny"
+    assert learning.parse_args(["--gpu", "--out", str(tmp_path)]).backbone == "r3d_18"
+    args = learning.parse_args(["--out", str(tmp_path), "--backbone", "r2plus1d_18"])
+    assert args.backbone == "r2plus1d_18"
+    with pytest.raises(SystemExit) as error:
+        learning.parse_args(["--out", str(tmp_path), "--backbone", "resnet9000"])
+    assert error.value.code == 2

@@ -13,10 +13,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from trainer.config import BACKBONES
+
 # torchvision is imported inside the builders that need it: the tiny backbone (tests, CPU demos,
 # every torchrun rank) then starts without paying for it.
 
-BACKBONES = ("tiny", "r3d_18", "r2plus1d_18", "mvit_v2_s", "slow_r50")
+__all__ = ["BACKBONES", "MViTV2S", "SlowR50", "SlowStem", "TinyVideoCNN", "build_backbone"]
 
 
 class TinyVideoCNN(nn.Module):

@@ -21,6 +21,12 @@ from pydantic.dataclasses import dataclass
 from clipserve.config_cli import add_model_arguments, parse_bool
 
 
+OBJECTIVES = ("moco", "byol", "simclr", "swav")
+"""The four objectives' names (``--objective``); each is built by ``trainer.objectives.build_objective``."""
+BACKBONES = ("tiny", "r3d_18", "r2plus1d_18", "mvit_v2_s", "slow_r50")
+"""The backbones' names (``--backbone``); each is built by ``trainer.backbones.build_backbone``."""
+
+
 class ConfigError(ValueError):
     """A bad flag, key or value (the CLI prints it and exits with status 2)."""
 
@@ -97,8 +103,8 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` for any out-of-range value; returns ``self``."""
         choices = {
-            "objective": ("moco", "byol", "simclr", "swav"),
-            "backbone": ("tiny", "r3d_18", "r2plus1d_18", "mvit_v2_s", "slow_r50"),
+            "objective": OBJECTIVES,
+            "backbone": BACKBONES,
             "profile": ("paper", "cpu"),
             "transport": ("shm", "http"),
             "optimizer": ("sgd", "lars"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from trainer.config import OBJECTIVES
 from trainer.objectives.base import Objective
 from trainer.objectives.byol import BYOL, NegativeCosineLoss
 from trainer.objectives.moco import InfoNCEQueueLoss, MoCo
@@ -12,8 +13,6 @@ from trainer.objectives.swav import SwaV, SwaVLoss, sinkhorn
 
 if TYPE_CHECKING:
     from trainer.config import TrainConfig
-
-OBJECTIVES = ("moco", "byol", "simclr", "swav")
 
 __all__ = [
     "BYOL", "InfoNCEQueueLoss", "MoCo", "NTXentLoss", "NegativeCosineLoss", "OBJECTIVES", "Objective",
