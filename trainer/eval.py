@@ -106,7 +106,8 @@ def extract_features(
     entries and repeated videos, and averages the backbone features over each video's ρ clips.
     ``features_fn`` maps normalised clips (N, C, T, H, W) → (N, F).
     """
-    feats, labels, videos, seen = [], [], [], set()
+    feats, labels, videos = [], [], []
+    seen: set[int] = set()
     first_epoch = None
     for i, batch in enumerate(batches):
         if first_epoch is None:

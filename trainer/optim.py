@@ -54,7 +54,8 @@ class LARS(torch.optim.Optimizer):
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: weights of Linear / Conv layers and prototypes (≥ 2-D: decayed, LARS-scaled) and
     1-D parameters (biases, BN / LayerNorm affine: no decay, no LARS scaling), as PySlowFast."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if not p.requires_grad:
             continue

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer import dist as tdist
@@ -79,7 +80,7 @@ class _GracefulInterrupt:
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: Any = None  # the SIGINT handler to restore (signal.signal's return value)
 
     def __enter__(self) -> "_GracefulInterrupt":
         if threading.current_thread() is threading.main_thread():
@@ -155,7 +156,7 @@ def _train(config: TrainConfig, source: Iterable) -> TrainResult:
 
     # -------------------------------------------------------------- model and optimizer
     torch.manual_seed(config.seed)  # identical init on every rank
-    model = build_objective(config, num_clips=num_clips).to(device)
+    model: nn.Module = build_objective(config, num_clips=num_clips).to(device)
     if config.sync_batchnorm and ctx.world_size > 1:
         model = tdist.convert_sync_batchnorm(model, device)
         if device.type != "cuda":

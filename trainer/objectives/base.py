@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 
-def per_clip(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def per_clip(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Run ``module`` on each clip index separately: ``(B, ρ, C, T, H, W)`` → ``(ρ, B, D)``.
 
     One forward per clip index keeps BN batches at B clips (one clip per video), as PySlowFast's

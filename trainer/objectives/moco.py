@@ -71,6 +71,11 @@ class MoCo(Objective):
     The queue starts as random unit vectors (MoCo's code) instead of PySlowFast's freeze-while-filling.
     """
 
+    queue: torch.Tensor
+    """(K, D) unit-norm keys of earlier steps (a buffer)."""
+    queue_ptr: torch.Tensor
+    """() long: where the next keys are written (a buffer)."""
+
     def __init__(
         self, backbone: nn.Module, feature_dim: int, *, hidden_dim: int = 2048, output_dim: int = 128,
         num_layers: int = 3, temperature: float = 0.1, queue_size: int = 65536, positives: str = "eq1",

@@ -92,6 +92,11 @@ class SwaV(Objective):
     optional per-rank queue of past embeddings (length ``queue_size``, used from ``queue_start_step``
     once full) that only feeds Sinkhorn."""
 
+    queue: torch.Tensor
+    """(ρ_assign, L, D) queued embeddings, newest first (a buffer)."""
+    queue_count: torch.Tensor
+    """() long: embeddings enqueued so far (a buffer)."""
+
     def __init__(
         self, backbone: nn.Module, feature_dim: int, *, hidden_dim: int = 2048, output_dim: int = 128,
         num_layers: int = 3, num_prototypes: int = 1000, temperature: float = 0.1, epsilon: float = 0.05,
