@@ -37,6 +37,8 @@ Commands::
     python benchmarks/learning.py --quick         # 400 steps, no extra timespan seeds (about half the compute)
     python benchmarks/learning.py --only moco,moco-tmax0 --seeds 2
     python benchmarks/learning.py --only byol --backbone r2plus1d_18 --trainer-flag=--optimizer --trainer-flag=lars
+    python benchmarks/learning.py --extra-run byol-tmax1.5:byol:2:1.5 --only byol,byol-tmax1.5 --no-supervised-control
+    python benchmarks/learning.py --only byol --service-flag=--grayscale-probability --service-flag=1.0
     python benchmarks/learning.py --gpu           # GPU scale (not run here): r3d_18, 112², more steps
 
 ``--gpu`` is the same benchmark at GPU scale (documented, not run on the CPU machines): backbone
@@ -114,6 +116,29 @@ RUNS = [
     RunSpec("moco-tmax0", "moco", max_span_seconds=0.0, extra_seeds=1, group="timespan t_max (ρMoCo, ρ=2)"),
     RunSpec("moco-tmax1.5", "moco", max_span_seconds=1.5, extra_seeds=1, group="timespan t_max (ρMoCo, ρ=2)"),
 ]
+
+
+def parse_run_spec(text: str) -> RunSpec:
+    """``NAME:OBJECTIVE:RHO[:T_MAX_SECONDS]`` → a :class:`RunSpec` (``--extra-run``); argparse turns
+    an ArgumentTypeError into a usage error (exit status 2) with its message."""
+    parts = text.split(":")
+    if len(parts) not in (3, 4) or not parts[0]:
+        raise argparse.ArgumentTypeError(f"expected NAME:OBJECTIVE:RHO[:T_MAX_SECONDS], got {text!r}")
+    name, objective, rho = parts[:3]
+    if name in {r.name for r in RUNS}:
+        raise argparse.ArgumentTypeError(f"{name!r} is already one of the table's configurations")
+    if objective not in OBJECTIVES:
+        raise argparse.ArgumentTypeError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    try:
+        num_clips = int(rho)
+        max_span_seconds = float(parts[3]) if len(parts) == 4 else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"RHO must be an integer and T_MAX_SECONDS a number, got {text!r}") from None
+    if num_clips < 2:
+        raise argparse.ArgumentTypeError(f"RHO must be >= 2 (clips per video), got {num_clips}")
+    if max_span_seconds is not None and not max_span_seconds >= 0:
+        raise argparse.ArgumentTypeError(f"T_MAX_SECONDS must be >= 0, got {max_span_seconds}")
+    return RunSpec(name, objective, num_clips=num_clips, max_span_seconds=max_span_seconds, group="extra")
 
 
 # ------------------------------------------------------------------ processes
@@ -213,6 +238,13 @@ def sampling_flags(args: argparse.Namespace, *, num_clips: int, max_span_seconds
     return flags
 
 
+def training_service_flags(args: argparse.Namespace, *, num_clips: int, max_span_seconds: float | None,
+                           seed: int) -> list[str]:
+    """A training service's flags: :func:`sampling_flags` plus ``--service-flag``s (which the
+    ``--eval-mode`` services never get: evaluation always sees the same centre clips)."""
+    return sampling_flags(args, num_clips=num_clips, max_span_seconds=max_span_seconds, seed=seed) + args.service_flags
+
+
 def read_eval_split(args: argparse.Namespace, split: str) -> list[Any]:
     """One epoch of ``split`` from an ``--eval-mode`` service, clips copied out of shared memory."""
     from clipserve.client import ClipStream
@@ -244,7 +276,7 @@ def pretrain(args: argparse.Namespace, run: RunSpec, seed: int) -> dict[str, Any
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     ckpt_dir.mkdir(parents=True)
     steps = args.steps * run.steps_factor
-    flags = sampling_flags(args, num_clips=run.num_clips, max_span_seconds=run.max_span_seconds, seed=seed)
+    flags = training_service_flags(args, num_clips=run.num_clips, max_span_seconds=run.max_span_seconds, seed=seed)
     started = time.monotonic()
     with service(args, args.out / f"{name}-service.log", flags) as url:
         command = [sys.executable, "-m", "trainer", "--objective", run.objective, "--server", url,
@@ -329,7 +361,7 @@ def supervised_control(args: argparse.Namespace, seed: int, num_classes: int) ->
     optimizer = torch.optim.Adam(params, lr=args.supervised_lr)
     losses: list[float] = []
     started = time.monotonic()
-    flags = sampling_flags(args, num_clips=2, max_span_seconds=None, seed=seed)
+    flags = training_service_flags(args, num_clips=2, max_span_seconds=None, seed=seed)
     with service(args, args.out / f"supervised-seed{seed}-service.log", flags) as url:
         stream = ClipStream(url, transport="shm")
         try:
@@ -550,9 +582,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--evaluate-only", action="store_true",
                         help="no pretraining: evaluate the checkpoints a previous run left in --out (the "
                              "supervised control, kept in memory only, is trained again)")
+    parser.add_argument("--service-flag", dest="service_flags", action="append", default=[],
+                        help="extra `clipserve start` flag for the training services (not the evaluation ones), "
+                             "repeatable, e.g. --service-flag=--grayscale-probability --service-flag=1.0")
+    parser.add_argument("--extra-run", dest="extra_runs", action="append", default=[], type=parse_run_spec,
+                        metavar="NAME:OBJECTIVE:RHO[:T_MAX_SECONDS]",
+                        help="one more configuration (repeatable; t_max omitted = global sampling), e.g. "
+                             "byol-tmax1.5:byol:2:1.5; it runs with the others, or alone with --only NAME")
     parser.add_argument("--trainer-flag", dest="trainer_flags", action="append", default=[],
                         help="extra trainer flag, repeatable, e.g. --trainer-flag=--base-lr --trainer-flag=0.1")
     args = parser.parse_args(argv)
+    all_runs = [*RUNS, *args.extra_runs]
+    args.runs = all_runs
+    if args.only is not None:
+        wanted = args.only.split(",")
+        unknown = [name for name in wanted if name not in {r.name for r in all_runs}]
+        if unknown:
+            parser.error(f"--only: unknown configuration(s) {', '.join(unknown)}; "
+                         f"choose from {', '.join(r.name for r in all_runs)}")
+        args.runs = [r for r in all_runs if r.name in wanted]
     gpu = args.gpu
     args.steps = args.steps or (2000 if gpu else 400 if args.quick else 800)
     args.seeds = args.seeds or 2
@@ -574,7 +622,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    runs = RUNS if args.only is None else [r for r in RUNS if r.name in args.only.split(",")]
+    runs = args.runs
     args.out.mkdir(parents=True, exist_ok=True)
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     started = time.monotonic()
@@ -650,6 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "target_fps": args.target_fps, "batch_size": args.batch_size, "workers": args.workers,
                      "eval_clips": args.eval_clips, "k": args.k, "backbone": args.backbone, "profile": args.profile,
                      "device": args.device, "moco_queue": args.moco_queue, "trainer_flags": args.trainer_flags,
+                     "service_flags": args.service_flags,
                      "ssl_lr": args.ssl_lr if args.ssl_lr is not None else (None if args.gpu else CPU_SSL_LR),
                      "temperature": None if args.gpu else args.temperature,
                      "augment": None if args.gpu else {"crop_area_fraction": args.crop_area,

@@ -73,3 +73,32 @@ def test_backbone_flag_picks_every_runs_backbone_and_rejects_unknown_names(tmp_p
     with pytest.raises(SystemExit) as error:
         learning.parse_args(["--out", str(tmp_path), "--backbone", "resnet9000"])
     assert error.value.code == 2
+
+
+def test_service_flags_reach_the_training_services_only(tmp_path: Path) -> None:
+    learning = _benchmark()
+    args = learning.parse_args(["--out", str(tmp_path), "--service-flag=--grayscale-probability",
+                                "--service-flag=1.0"])
+    train = _service_config(learning.training_service_flags(args, num_clips=2, max_span_seconds=None, seed=0))
+    assert train.augment().grayscale_probability == 1.0
+    plain = learning.parse_args(["--out", str(tmp_path)])
+    default = _service_config(learning.training_service_flags(plain, num_clips=2, max_span_seconds=None, seed=0))
+    assert default.augment().grayscale_probability == AugmentConfig().grayscale_probability != 1.0
+
+
+def test_extra_run_adds_a_configuration_and_bad_specs_are_usage_errors(tmp_path: Path) -> None:
+    learning = _benchmark()
+    args = learning.parse_args(["--out", str(tmp_path), "--extra-run", "byol-tmax1.5:byol:2:1.5",
+                                "--extra-run", "swav-rho3:swav:3"])
+    assert args.extra_runs == [
+        learning.RunSpec("byol-tmax1.5", "byol", num_clips=2, max_span_seconds=1.5, group="extra"),
+        learning.RunSpec("swav-rho3", "swav", num_clips=3, max_span_seconds=None, group="extra")]
+    assert [r.name for r in learning.parse_args(["--out", str(tmp_path), "--extra-run", "byol-tmax1.5:byol:2:1.5",
+                                                 "--only", "byol,byol-tmax1.5"]).runs] == ["byol", "byol-tmax1.5"]
+    with pytest.raises(SystemExit) as error:
+        learning.parse_args(["--out", str(tmp_path), "--only", "byol,bogus"])
+    assert error.value.code == 2
+    for bad in ("byol:2", "x:byol:two", "x:barlow:2", "x:byol:1", "x:byol:2:-1", "moco:moco:2", ":byol:2"):
+        with pytest.raises(SystemExit) as error:
+            learning.parse_args(["--out", str(tmp_path), "--extra-run", bad])
+        assert error.value.code == 2, bad
