@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -33,7 +33,7 @@ from trainer import dist as tdist
 from trainer.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import SyntheticClipStream, open_clip_stream
-from trainer.objectives import build_objective
+from trainer.objectives import Objective, build_objective
 from trainer.optim import build_optimizer
 from trainer.utils import normalize_clips, warmup_cosine_lr
 
@@ -161,7 +161,7 @@ def _train(config: TrainConfig, source: Iterable) -> TrainResult:
         model = tdist.convert_sync_batchnorm(model, device)
         if device.type != "cuda":
             log("note: torch's SyncBatchNorm needs CUDA; using an all-reduce BatchNorm over gloo instead")
-    raw_model = model
+    raw_model = cast(Objective, model)  # the objective itself; `model` may become its DDP wrapper below
     optimizer = build_optimizer(
         raw_model, name=config.optimizer, lr=0.0, weight_decay=config.weight_decay, momentum=config.sgd_momentum,
         nesterov=config.nesterov, trust_coefficient=config.lars_trust_coefficient,
