@@ -35,6 +35,7 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
@@ -64,8 +65,13 @@ class _ProducerClosed(Exception):
 class IndexLike(Protocol):
     """What the producer needs from a ``VideoIndex``."""
 
-    root: Path
-    records: list[VideoRecord]
+    @property
+    def root(self) -> Path: ...
+
+    @property
+    def records(self) -> Sequence[VideoRecord]:
+        """Read only: the producer indexes it, never changes it."""
+        ...
 
 
 class PoolStats(BaseModel):
@@ -190,8 +196,8 @@ class BatchProducer:
         self._generation = 0
         self._inflight: collections.deque[_PendingBatch] = collections.deque()
         self._closed = False
-        self._counts = collections.Counter()
-        self._seconds = collections.Counter()
+        self._counts: collections.Counter[str] = collections.Counter()  # event -> count
+        self._seconds: collections.defaultdict[str, float] = collections.defaultdict(float)  # stage -> seconds
 
     # ----- public ----------------------------------------------------------------------------------
 

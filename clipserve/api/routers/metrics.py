@@ -40,14 +40,14 @@ class ServiceCollector:
             ("clipserve_substitutions", stats.substitutions_total, "Videos replaced in a batch after a failure."),
         ):
             yield CounterMetricFamily(name, doc, value=value)
-        for name, value, doc in (
+        for name, gauge, doc in (
             ("clipserve_clips_per_second", stats.last_10_seconds.clips_per_second, "Clips/s over the last 10 s."),
             ("clipserve_videos_per_second", stats.last_10_seconds.videos_per_second, "Videos/s over the last 10 s."),
             ("clipserve_consumers", len(stats.consumers), "Attached consumers."),
             ("clipserve_ring_slots_taken", stats.ring_slots_taken, "Ring slots holding an unreleased batch."),
             ("clipserve_ring_slots", stats.ring_slots_total, "Ring slots of all attached consumers."),
         ):
-            yield GaugeMetricFamily(name, doc, value=value)
+            yield GaugeMetricFamily(name, doc, value=gauge)
         stages = CounterMetricFamily("clipserve_stage_seconds", "Seconds spent per producer stage.", labels=["stage"])
         for stage, seconds in sorted(stats.stage_seconds_total.items()):
             stages.add_metric([stage], seconds)
