@@ -33,7 +33,7 @@ Configurations (each over several seeds, reported as mean ± std over seeds):
 
 Commands::
 
-    python benchmarks/learning.py                 # the whole table (800 steps a run; 27.5 min of training on a shared 2-core VM)
+    python benchmarks/learning.py                 # the whole table (800 steps a run; 24.0 min on an idle 2-core VM)
     python benchmarks/learning.py --quick         # 400 steps, no extra timespan seeds (about half the compute)
     python benchmarks/learning.py --only moco,moco-tmax0 --seeds 2
     python benchmarks/learning.py --only byol --backbone r2plus1d_18 --trainer-flag=--optimizer --trainer-flag=lars
@@ -125,8 +125,6 @@ def parse_run_spec(text: str) -> RunSpec:
     if len(parts) not in (3, 4) or not parts[0]:
         raise argparse.ArgumentTypeError(f"expected NAME:OBJECTIVE:RHO[:T_MAX_SECONDS], got {text!r}")
     name, objective, rho = parts[:3]
-    if name in {r.name for r in RUNS}:
-        raise argparse.ArgumentTypeError(f"{name!r} is already one of the table's configurations")
     if objective not in OBJECTIVES:
         raise argparse.ArgumentTypeError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
     try:
@@ -593,13 +591,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="extra trainer flag, repeatable, e.g. --trainer-flag=--base-lr --trainer-flag=0.1")
     args = parser.parse_args(argv)
     all_runs = [*RUNS, *args.extra_runs]
+    names = [r.name for r in all_runs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # each name is a checkpoint folder and a key of the results
+        parser.error(f"--extra-run: configuration name(s) {', '.join(repeated)} used twice (the table's: "
+                     f"{', '.join(r.name for r in RUNS)})")
     args.runs = all_runs
     if args.only is not None:
         wanted = args.only.split(",")
-        unknown = [name for name in wanted if name not in {r.name for r in all_runs}]
+        unknown = [name for name in wanted if name not in names]
         if unknown:
-            parser.error(f"--only: unknown configuration(s) {', '.join(unknown)}; "
-                         f"choose from {', '.join(r.name for r in all_runs)}")
+            parser.error(f"--only: unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(names)}")
         args.runs = [r for r in all_runs if r.name in wanted]
     gpu = args.gpu
     args.steps = args.steps or (2000 if gpu else 400 if args.quick else 800)

@@ -146,13 +146,12 @@ def add_model_arguments(
             else:
                 parser.add_argument(flag, dest=name, action="store_const", const=True, default=default, help=help_text)
             continue
-        kind, allowed = _value_type(info.annotation)
-        arity = _tuple_arity(info.annotation)
-        if arity is not None:  # one flag, several values: --crop-area 0.6 1.0
-            kind, count = arity
+        arity = _tuple_arity(info.annotation)  # one flag, several values: --crop-area 0.6 1.0
+        kind, allowed = (arity[0], None) if arity is not None else _value_type(info.annotation)
         kwargs: dict[str, Any] = dict(dest=name, type=converter(flag, kind) if converter else kind, default=default,
                                       help=help_text)
         if arity is not None:
+            count = arity[1]
             kwargs.update(nargs=count, metavar=tuple(name.upper().split("_")[-1] + str(i) for i in range(count)))
         if choices and allowed is not None:
             kwargs["choices"] = allowed

@@ -98,6 +98,9 @@ def test_extra_run_adds_a_configuration_and_bad_specs_are_usage_errors(tmp_path:
     with pytest.raises(SystemExit) as error:
         learning.parse_args(["--out", str(tmp_path), "--only", "byol,bogus"])
     assert error.value.code == 2
+    with pytest.raises(SystemExit) as error:  # two extra runs of one name would share a checkpoint folder
+        learning.parse_args(["--out", str(tmp_path), "--extra-run", "a:byol:2", "--extra-run", "a:moco:2"])
+    assert error.value.code == 2
     for bad in ("byol:2", "x:byol:two", "x:barlow:2", "x:byol:1", "x:byol:2:-1", "moco:moco:2", ":byol:2"):
         with pytest.raises(SystemExit) as error:
             learning.parse_args(["--out", str(tmp_path), "--extra-run", bad])

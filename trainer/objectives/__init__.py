@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from trainer.config import OBJECTIVES
+from trainer.config import OBJECTIVES, TrainConfig
 from trainer.objectives.base import Objective
 from trainer.objectives.byol import BYOL, NegativeCosineLoss
 from trainer.objectives.moco import InfoNCEQueueLoss, MoCo
 from trainer.objectives.simclr import NTXentLoss, SimCLR
 from trainer.objectives.swav import SwaV, SwaVLoss, sinkhorn
-
-if TYPE_CHECKING:
-    from trainer.config import TrainConfig
 
 __all__ = [
     "BYOL", "InfoNCEQueueLoss", "MoCo", "NTXentLoss", "NegativeCosineLoss", "OBJECTIVES", "Objective",
