@@ -163,6 +163,45 @@ def test_class_folders_unknown_split(tmp_path: Path, clip: Path) -> None:
     assert len(get_adapter("folder")(tmp_path, "validation").entries) == 1  # alias of val
 
 
+@pytest.mark.parametrize("adapter", ["k400", "folder", "k600"])
+def test_a_root_without_split_information_refuses_other_splits(tmp_path: Path, clip: Path, adapter: str) -> None:
+    """Issue 23, item 1: ``--root data/k400/train --split val`` must not serve the train videos as val."""
+    for split in ("train", "val"):
+        for label in CLASSES[:2]:
+            place(clip, tmp_path / "k400" / split / label / f"{split}.mp4")
+    too_deep = tmp_path / "k400" / "train"
+    with pytest.raises(DatasetError, match=re.escape(
+            f"split 'val' asked of '{too_deep}', which is itself the 'train' split folder")) as caught:
+        get_adapter(adapter)(too_deep, "val")
+    assert f"--root '{tmp_path / 'k400'}' --split val" in str(caught.value)
+    with pytest.raises(DatasetError, match="itself the 'val' split folder"):
+        get_adapter(adapter)(tmp_path / "k400" / "val", "train")  # the default split, from the val folder
+    # the split a root is named after, and the parent with its split folders, still list the right videos
+    assert {e.relative_path for e in get_adapter(adapter)(tmp_path / "k400" / "val", "validation").entries} == {
+        f"{label}/val.mp4" for label in CLASSES[:2]}
+    assert len(get_adapter(adapter)(tmp_path / "k400", "val").entries) == 2
+    # plain class folders: the default split serves them all, a named other split is refused
+    for label in CLASSES[:2]:
+        place(clip, tmp_path / "mine" / label / "a.mp4")
+    assert len(get_adapter(adapter)(tmp_path / "mine", "train").entries) == 2
+    with pytest.raises(DatasetError, match=re.escape("which carries no split information (no test/ folder")):
+        get_adapter(adapter)(tmp_path / "mine", "test")
+
+
+def test_index_cli_refuses_a_root_one_level_too_deep(tmp_path: Path, clip: Path) -> None:
+    """The command the issue ran exits non-zero with the message, before probing anything."""
+    import subprocess
+    import sys
+
+    place(clip, tmp_path / "k400" / "train" / "a" / "x.mp4")
+    result = subprocess.run([sys.executable, "-m", "clipserve", "index", "--dataset", "k400", "--root",
+                             str(tmp_path / "k400" / "train"), "--split", "val", "--workers", "0", "--no-progress"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "itself the 'train' split folder" in result.stderr and "Traceback" not in result.stderr
+    assert not list((tmp_path / "k400").rglob("*.sqlite"))
+
+
 @pytest.mark.parametrize("adapter", ["k400", "folder"])
 def test_missing_empty_and_file_roots(tmp_path: Path, adapter: str) -> None:
     with pytest.raises(DatasetError, match="dataset root .*nowhere' does not exist"):

@@ -60,9 +60,20 @@ def _videos_under(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+UNSPLIT_SPLIT = "train"
+"""The one split a layout without split information (class folders directly under the root, no
+annotation file) may be asked for: all of its videos are that split, as in every tool's default."""
+
+
 def class_folder_base(root: Path, split: str) -> Path:
     """``<root>/<split>`` (or an alias such as ``validate``) when it exists, else ``root`` itself.
-    Raises :class:`DatasetError` when ``root`` holds other split folders but not this one."""
+
+    Raises :class:`DatasetError` when ``root`` holds other split folders but not this one, and when
+    ``root`` carries no split information but a split is named that it cannot vouch for: a root
+    that is itself a split folder of another name (``--root data/k400/train --split val``), or any
+    split but ``train`` (the default) asked of plain class folders. Answering either with every
+    video would serve one split as another without a word.
+    """
     for name in split_names(split):
         if (root / name).is_dir():
             return root / name
@@ -72,7 +83,28 @@ def class_folder_base(root: Path, split: str) -> Path:
         raise DatasetError(
             f"split {split!r} not found under {str(root)!r}: it has the split folders {', '.join(splits_found)}"
         )
+    _check_unsplit_request(root, split)
     return root
+
+
+def _check_unsplit_request(root: Path, split: str) -> None:
+    """Refuse a named split that a root without split folders or annotations cannot tell apart."""
+    own = root.name.lower()
+    if own in _SPLIT_LIKE_NAMES:
+        if own in {name.lower() for name in split_names(split)}:
+            return  # --root .../val --split val: the root is the split asked for
+        raise DatasetError(
+            f"split {split!r} asked of {str(root)!r}, which is itself the {root.name!r} split folder: its "
+            f"videos are not {split!r} videos. Point --root at the folder that holds the split folders "
+            f"(--root {str(root.parent)!r} --split {split})"
+        )
+    if split.lower() != UNSPLIT_SPLIT:
+        raise DatasetError(
+            f"split {split!r} asked of {str(root)!r}, which carries no split information (no {split}/ folder, "
+            f"no annotation file such as annotations/{split}.csv): every video under it would be served as "
+            f"{split!r}. Put the {split!r} videos in {str(root / split)!r}/<class>/, give the annotation CSV, "
+            f"or use --split {UNSPLIT_SPLIT} (the default) to serve every video under the root"
+        )
 
 
 def list_class_folders(root: Path, split: str) -> DatasetListing:
