@@ -39,10 +39,27 @@ the stream re-attaches at the next position, retrying with backoff for up to
 ``reconnect_timeout_seconds``; since the stream is a pure function of (seed, epoch, step, rank),
 the batches are the same as without the restart. A service whose ``layout_id`` differs from the
 one first seen raises :class:`~clipserve.errors.LayoutChangedError`.
+
+**Timeouts** (all in seconds, set on the constructor):
+
+=============================  =======  =============================================================
+``timeout_seconds``            120      longest wait for one batch (then ``NoBatchError``) and for one
+                                        HTTP request; connecting a socket waits at most 10 s of it
+``reconnect_timeout_seconds``  120      how long the first attach, and every re-attach after the
+                                        service went away, keeps retrying (backoff 0.1 s → 2 s); then
+                                        ``ClipStreamError``. While it retries, a warning on the
+                                        ``clipserve.client`` logger (stderr unless logging is set up)
+                                        says where, why and how long is left, every
+                                        ``RETRY_REPORT_INTERVAL_SECONDS`` (5 s)
+=============================  =======  =============================================================
+
+A malformed ``url`` (no ``http://`` or ``https://`` scheme, no host, a bad port) raises
+:class:`ServiceURLError` at once, in the constructor: it is never retried.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -59,9 +76,46 @@ from clipserve.transport.layout import BatchLayout
 
 Transport = Literal["shm", "http"]
 
+RETRY_REPORT_INTERVAL_SECONDS = 5.0
+"""While attaching is retried, one warning per this many seconds says where, why and for how long."""
+
+_log = logging.getLogger(__name__)
+
 
 class ClipStreamError(ClipserveError):
     """The service refused the request (4xx) or could not be reached within the timeout."""
+
+
+class ServiceURLError(ClipStreamError, ValueError):
+    """A service URL that no retry can fix (no ``http://`` scheme, no host, a bad port)."""
+
+
+def check_service_url(url: str) -> str:
+    """``url`` without a trailing ``/``, once it is a base URL a service can have.
+
+    Raises:
+        ServiceURLError: ``url`` lacks the ``http://`` or ``https://`` scheme (``127.0.0.1:8000``),
+            a host (``http://:8000``), or has a port outside [1, 65535] or not a number; the message
+            names the value and, where it can, the URL meant (``http://127.0.0.1:8000``).
+    """
+    text = str(url).strip()
+    hint = "; e.g. --server http://127.0.0.1:8000, the address `clipserve start` prints"
+    if "://" not in text:
+        raise ServiceURLError(f"service URL {text!r} has no scheme: write 'http://{text}' (http:// or https://)")
+    try:
+        parsed = httpx.URL(text)
+        port = parsed.port
+    except (httpx.InvalidURL, ValueError, TypeError) as error:
+        raise ServiceURLError(f"service URL {text!r} is malformed ({error}){hint}") from None
+    if parsed.scheme not in ("http", "https"):
+        raise ServiceURLError(f"service URL {text!r} has the scheme {parsed.scheme!r}: use http:// or https://{hint}")
+    if not parsed.host:
+        raise ServiceURLError(f"service URL {text!r} has no host{hint}")
+    if port is not None and not 1 <= port <= 65535:
+        raise ServiceURLError(f"service URL {text!r}: port ({port}) must be in [1, 65535]{hint}")
+    if parsed.query or parsed.fragment:
+        raise ServiceURLError(f"service URL {text!r} must be a base URL, without '?' or '#'{hint}")
+    return text.rstrip("/")
 
 
 def _check_int(name: str, value: int, minimum: int) -> None:
@@ -73,7 +127,8 @@ class ClipStream:
     """Iterate batches from a clipserve service (``for batch in stream``), endlessly over epochs.
 
     Args:
-        url: base URL of the service, e.g. ``"http://127.0.0.1:8000"``.
+        url: base URL of the service, e.g. ``"http://127.0.0.1:8000"`` (checked at once by
+            :func:`check_service_url`).
         rank: this trainer process's rank in [0, world_size); each rank gets a disjoint part of
             every epoch.
         world_size: number of trainer processes attached to this service.
@@ -81,11 +136,15 @@ class ClipStream:
         start_step: step (within ``start_epoch``) of the first batch.
         transport: ``'shm'`` (same host: shared memory, zero copy) or ``'http'`` (any host: binary
             frames over HTTP, one copy).
-        timeout_seconds: longest wait for one batch, and for one HTTP request.
+        timeout_seconds: longest wait for one batch, and for one HTTP request (default 120 s).
         reconnect_timeout_seconds: how long to keep re-attaching after the service went away (and
-            for the first attach, so a trainer may start before the service).
+            for the first attach, so a trainer may start before the service; default 120 s). A
+            warning says so every 5 s while it retries.
         token: bearer token of a service started with ``--token`` (sent as ``Authorization:
             Bearer``); default: the ``CLIPSERVE_TOKEN`` environment variable, else none.
+
+    Raises (constructing):
+        ServiceURLError: ``url`` is malformed (a ``ValueError`` too); other bad arguments: ValueError.
 
     Raises (while iterating):
         LayoutChangedError: the service restarted with a different batch layout.
@@ -116,7 +175,7 @@ class ClipStream:
             raise ValueError(f"transport ({transport!r}) must be 'shm' or 'http'")
         if timeout_seconds <= 0 or reconnect_timeout_seconds < 0:
             raise ValueError("timeout_seconds must be > 0 and reconnect_timeout_seconds >= 0")
-        self.url = url.rstrip("/")
+        self.url = check_service_url(url)
         self.rank = rank
         self.world_size = world_size
         self.transport: Transport = transport
@@ -248,18 +307,34 @@ class ClipStream:
             return
         if self._closed:
             raise ClipStreamError("the stream is closed")
+        started = time.monotonic()
         if deadline is None:
-            deadline = time.monotonic() + self.reconnect_timeout_seconds
+            deadline = started + self.reconnect_timeout_seconds
         delay_seconds = 0.1
+        next_report = started
         while True:
             try:
                 self._attach()
+                if next_report > started:  # a retry was reported: say that it ended
+                    _log.warning("attached to clipserve at %s after %.0f s", self.url, time.monotonic() - started)
                 return
             except (httpx.TransportError, _RetryableError, RingError) as error:
                 if isinstance(error, LayoutChangedError):
                     raise
-                if time.monotonic() + delay_seconds > deadline:
-                    raise ClipStreamError(f"could not attach to clipserve at {self.url}: {error}") from None
+                now = time.monotonic()
+                if now + delay_seconds > deadline:
+                    raise ClipStreamError(
+                        f"could not attach to clipserve at {self.url} within {self.reconnect_timeout_seconds:g} s "
+                        f"(reconnect_timeout_seconds): {_reason(error)}. Is `clipserve start` running there? "
+                        f"Check the host and port it printed"
+                    ) from None
+                if now >= next_report:
+                    _log.warning(
+                        "clipserve at %s not reachable (%s); retrying for up to %.0f s more "
+                        "(reconnect_timeout_seconds=%g)", self.url, _reason(error), deadline - now,
+                        self.reconnect_timeout_seconds,
+                    )
+                    next_report = now + RETRY_REPORT_INTERVAL_SECONDS
                 time.sleep(delay_seconds)
                 delay_seconds = min(delay_seconds * 2, 2.0)
 
@@ -360,3 +435,8 @@ class ClipStream:
 
 class _RetryableError(ClipserveError):
     """A transient attach failure (5xx, stream not ready)."""
+
+
+def _reason(error: BaseException) -> str:
+    """A short reason for a failed attach: ``ConnectError: [Errno 111] Connection refused``."""
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

@@ -46,6 +46,9 @@ class TrainConfig:
     # --- data
     server: str = Field("", description="clipserve URL (ClipStream), or 'synthetic' for the built-in synthetic stream")
     transport: str = Field("shm", description="shm (same host, zero copy) | http (any host)")
+    attach_timeout_seconds: float = Field(
+        120.0, description="keep retrying to attach (and to re-attach after a service restart) this long; "
+                           "a line every 5 s says so (ClipStream's reconnect_timeout_seconds)")
     synthetic_batch_size: int = Field(8, description="videos per batch per rank (synthetic stream only)")
     synthetic_num_clips: int = Field(2, description="ρ (synthetic stream only)")
     synthetic_frames: int = Field(8, description="T (synthetic stream only)")
@@ -134,7 +137,8 @@ class TrainConfig:
         if not (0.0 <= self.momentum_start <= 1.0 and 0.0 <= self.momentum_end <= 1.0):
             raise ConfigError(f"momentum_start/end must be in [0, 1]; got {self.momentum_start}, {self.momentum_end}")
         for key in ("reference_batch_size", "swav_num_assign_clips", "swav_queue_size", "swav_queue_start_step",
-                    "swav_freeze_prototypes_steps", "weight_decay", "warmup_start_lr", "final_lr"):
+                    "swav_freeze_prototypes_steps", "weight_decay", "warmup_start_lr", "final_lr",
+                    "attach_timeout_seconds"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"--{key.replace('_', '-')} must be >= 0; got {getattr(self, key)}")
         return self

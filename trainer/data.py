@@ -86,17 +86,20 @@ class SyntheticClipStream:
 
 
 def open_clip_stream(
-    server: str, *, rank: int, world_size: int, start_epoch: int = 0, start_step: int = 0, transport: str = "shm"
+    server: str, *, rank: int, world_size: int, start_epoch: int = 0, start_step: int = 0, transport: str = "shm",
+    attach_timeout_seconds: float = 120.0,
 ) -> Any:
     """Attach to a clipserve service as consumer ``rank`` of ``world_size`` (attaches lazily, on the
     first batch, so a resume's ``load_state_dict`` comes first).
 
     This is the trainer's only import from clipserve: ``clipserve.client.ClipStream(server,
-    rank=rank, world_size=world_size, start_epoch=…, start_step=…, transport=…)``.
+    rank=rank, world_size=world_size, start_epoch=…, start_step=…, transport=…,
+    reconnect_timeout_seconds=attach_timeout_seconds)``. A malformed ``server`` raises
+    ``clipserve.client.ServiceURLError`` here, at once.
     """
     if not server:
         raise ValueError("no --server given: pass the clipserve URL (e.g. http://127.0.0.1:8000) or 'synthetic'")
     from clipserve.client import ClipStream
 
     return ClipStream(server, rank=rank, world_size=world_size, start_epoch=start_epoch, start_step=start_step,
-                      transport=transport)
+                      transport=transport, reconnect_timeout_seconds=attach_timeout_seconds)

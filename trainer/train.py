@@ -64,7 +64,8 @@ def make_source(config: TrainConfig, rank: int, world_size: int) -> Any:
             frames=config.synthetic_frames, size_pixels=config.synthetic_size_pixels,
             num_videos=config.synthetic_num_videos, seed=config.seed, rank=rank, world_size=world_size,
         )
-    return open_clip_stream(config.server, rank=rank, world_size=world_size, transport=config.transport)
+    return open_clip_stream(config.server, rank=rank, world_size=world_size, transport=config.transport,
+                            attach_timeout_seconds=config.attach_timeout_seconds)
 
 
 def _any_rank_wants_to_stop(wants_to_stop: bool, device: torch.device) -> bool:
