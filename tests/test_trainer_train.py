@@ -191,3 +191,19 @@ def test_a_run_that_stops_between_log_steps_still_writes_its_last_record(tmp_pat
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [3]
     assert records[0]["loss"] == pytest.approx(sum(result.losses) / 3)
+
+
+def test_a_gpu_sized_backbone_on_the_cpu_is_warned_about(tmp_path, capsys):
+    """Issue 23, item 3: ``--backbone r3d_18`` (or slow_r50) on a CPU says it needs a GPU and names the
+    CPU-sized command; the tiny backbone gets no such line."""
+    source = dict(batch_size=2, num_clips=2, frames=4, size_pixels=32, num_videos=4)
+    big = make_config("moco", profile="cpu", **{**SMALL, "backbone": "r3d_18", "max_steps": 1, "device": "cpu",
+                                                 "checkpoint_dir": str(tmp_path / "big")})
+    train(big, SyntheticClipStream(**source))
+    err = capsys.readouterr().err
+    assert "warning: --backbone r3d_18 is running on the CPU with clips (2, 2, 3, 4, 32, 32)" in err
+    assert "need a GPU (--device cuda); on a CPU train with --profile cpu --backbone tiny" in err
+    tiny = make_config("moco", profile="cpu", **{**SMALL, "max_steps": 1, "device": "cpu",
+                                                  "checkpoint_dir": str(tmp_path / "tiny")})
+    train(tiny, SyntheticClipStream(**source))
+    assert "is running on the CPU" not in capsys.readouterr().err

@@ -68,6 +68,18 @@ def make_source(config: TrainConfig, rank: int, world_size: int) -> Any:
                             attach_timeout_seconds=config.attach_timeout_seconds)
 
 
+CPU_SIZED_BACKBONES = ("tiny",)
+"""Backbones a CPU trains at a useful pace; the others are GPU-sized (a warning says so on the CPU)."""
+
+
+def cpu_backbone_warning(backbone: str, clips_shape: tuple[int, ...], max_steps: int) -> str:
+    """The line a GPU-sized backbone on the CPU gets: what it costs and the CPU-sized command."""
+    return (f"warning: --backbone {backbone} is running on the CPU with clips {clips_shape} (B, ρ, C, T, H, W): "
+            f"a step can take minutes (slow_r50, B=8, ρ=2, 224², T=8 took 95 s on a 2-core CPU, so "
+            f"{max_steps} steps would take hours to days). The big backbones need a GPU (--device cuda); on a "
+            f"CPU train with --profile cpu --backbone tiny")
+
+
 def _any_rank_wants_to_stop(wants_to_stop: bool, device: torch.device) -> bool:
     """True when any rank asks to stop (Ctrl-C, time budget), so all ranks stop after the same step."""
     flag = torch.tensor([1.0 if wants_to_stop else 0.0], device=device)
@@ -156,6 +168,8 @@ def _train(config: TrainConfig, source: Iterable) -> TrainResult:
         raise ConfigError(f"the checkpoint was trained with ρ={checkpoint['num_clips']} clips per video, the stream has ρ={num_clips}")
 
     # -------------------------------------------------------------- model and optimizer
+    if device.type == "cpu" and config.backbone not in CPU_SIZED_BACKBONES:
+        log(cpu_backbone_warning(config.backbone, tuple(batch.clips.shape), config.max_steps))
     torch.manual_seed(config.seed)  # identical init on every rank
     model: nn.Module = build_objective(config, num_clips=num_clips).to(device)
     if config.sync_batchnorm and ctx.world_size > 1:
