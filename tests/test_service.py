@@ -7,10 +7,8 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 import signal
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from clipserve.executors.pool import BatchProducer
 from clipserve.executors.pyav import execute_plan
 from clipserve.plan import plan
 from clipserve.settings import load_service_config
+from tests.browser_helpers import CHROMIUM, chromium_dom
 from tests.service_helpers import (
     SERVICE_SETTINGS,
     batch_record,
@@ -39,7 +38,6 @@ from tests.service_helpers import (
     wait_for,
 )
 
-CHROMIUM = shutil.which("chromium") or (os.path.exists("/usr/bin/chromium") and "/usr/bin/chromium") or None
 _COMPARED = ("epoch", "step", "video_index", "is_padding", "clip_start_seconds", "clips_shape", "clips_sha256")
 
 
@@ -230,14 +228,7 @@ def test_rest_over_http_plan_png_and_4xx(service, config, index) -> None:  # noq
 
 
 def _chromium_dom(url: str, profile_parent: Path) -> str:
-    profile = tempfile.mkdtemp(prefix="chromium-", dir=profile_parent)  # a fresh profile each time
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--no-first-run", "--no-default-browser-check", f"--user-data-dir={profile}",
-               "--virtual-time-budget=15000", "--dump-dom", url]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert 'id="video-list"' in result.stdout, result.stderr[-2000:]
-    return result.stdout
+    return chromium_dom(url, profile_parent, expect='id="video-list"')
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (CI's .ci/run installs it)")

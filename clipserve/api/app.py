@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from clipserve import __version__
 from clipserve.api.deps import require_token
+from clipserve.api.offline_docs import add_offline_docs
 from clipserve.api.routers import consumers, health, info, metrics, page, stats, videos
 from clipserve.service import ServiceState
 from clipserve.settings import ServiceConfig
@@ -83,7 +84,11 @@ def create_app(
         generate_unique_id_function=_operation_id,
         # with a token, every route but /healthz is protected: no unauthenticated docs either
         openapi_url=None if config.token is not None else "/openapi.json",
+        docs_url=None,  # FastAPI's pages load Swagger UI / ReDoc from a CDN: served from the package below
+        redoc_url=None,
     )
+    if app.openapi_url is not None:
+        add_offline_docs(app)
     app.state.service = None
     app.state.metrics_registry = CollectorRegistry(auto_describe=False)
     protected = [Depends(require_token)]

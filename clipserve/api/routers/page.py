@@ -2,7 +2,8 @@
 
 No external resources (no CDN, no fonts): the page talks only to this service's own JSON API.
 When the service has a token, open the page as ``/?token=...``; the page sends it along.
-``/#video=N&epoch=E`` opens video N's plan and contact sheet directly (links are shareable).
+``/#video=N&epoch=E`` opens video N's plan and contact sheet directly (links are shareable); ``/``
+opens on video 0.
 Above the contact sheet, a timeline drawn from the plan JSON alone (``duration_seconds``,
 ``clip_duration_seconds``, each clip's ``start_seconds`` and ``sampling.max_span_seconds``) shows
 where the ρ clips sit in the video and the t_max window their starts must share.
@@ -38,6 +39,7 @@ INDEX_HTML = """<!doctype html>
   #controls label { margin-right: 12px; }
   #controls input { width: 90px; background: #222; color: #eee; border: 1px solid #444; padding: 2px 4px; }
   button { background: #33415c; color: #eee; border: 1px solid #4a5a7c; padding: 3px 10px; cursor: pointer; }
+  [hidden] { display: none !important; }  /* an element's display rule must not unhide it */
   #sheet { display: block; margin: 12px 0; max-width: 100%; image-rendering: pixelated; }
   pre { background: #0e0e12; padding: 10px; overflow: auto; max-height: 50vh; font-size: 12px; }
   .error { color: #ff8080; }
@@ -282,7 +284,12 @@ function fromHash() {
   return null;
 }
 const initial = fromHash();
-loadInfo().then(loadPage).then(() => { if (initial !== null) select(initial); });
+// Open on the video of the #fragment, else on the first one (no empty boxes); no videos: say so.
+loadInfo().then(loadPage).then(() => {
+  if (initial !== null) select(initial);
+  else if (total > 0) select(offset);
+  else document.getElementById("title").textContent = "no videos in this index";
+});
 </script>
 </body>
 </html>
