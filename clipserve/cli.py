@@ -11,6 +11,9 @@ import importlib
 import sys
 from types import ModuleType
 
+from pydantic import ValidationError
+
+from clipserve.config_cli import format_validation_error
 from clipserve.errors import ClipserveError
 
 COMMANDS = {
@@ -50,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except ClipserveError as exc:
         print(f"clipserve {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # settings checked outside a command's own formatting: the same one line
+        print(f"clipserve {args.command}: error: {format_validation_error(exc, subject='settings')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"clipserve {args.command}: interrupted", file=sys.stderr)

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import argparse
 import copy
+import difflib
 import types
 import typing
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-__all__ = ["add_model_arguments", "field_flag", "model_fields", "model_overrides", "shared_field"]
+__all__ = ["add_model_arguments", "field_flag", "format_validation_error", "model_fields", "model_overrides",
+           "nearest_field", "shared_field"]
 
 
 def shared_field(model: type[BaseModel], name: str, *, flag: str | None = None) -> Any:
@@ -135,16 +137,26 @@ def add_model_arguments(
         shown += [env[2:]] if env else []
         help_text = (f"{text} ({'; '.join(shown)})" if shown else text).replace("%", "%%")
         default = info.get_default(call_default_factory=True) if use_defaults and not info.is_required() else argparse.SUPPRESS
-        if info.annotation is bool and bool_values:
-            parse = converter(flag, bool) if converter is not None else parse_bool
-            parser.add_argument(flag, dest=name, nargs="?", const=True, type=parse, default=default, help=help_text)
-            continue
         if info.annotation is bool:
-            if default is True or (not use_defaults and info.default is True):
-                parser.add_argument("--no-" + flag[2:], dest=name, action="store_const", const=False,
-                                    default=default, help=help_text)
+            # Boolean help says what the flag does and what holds without it, never "--no-x (default: True)"
+            # (which reads as if the negation were on); the default goes into the namespace through
+            # set_defaults so that ArgumentDefaultsHelpFormatter does not append "(default: True)".
+            is_on = bool(info.get_default(call_default_factory=True)) if not info.is_required() else False
+            if default is not argparse.SUPPRESS:
+                parser.set_defaults(**{name: default})
+            env_note = f"; env {env_prefix}{name.upper()}=true|false" if env_prefix else ""
+            if bool_values:
+                switch = f"on by default; {flag} false turns it off" if is_on else f"off by default; {flag} turns it on"
+                parse = converter(flag, bool) if converter is not None else parse_bool
+                parser.add_argument(flag, dest=name, nargs="?", const=True, type=parse, default=argparse.SUPPRESS,
+                                    help=f"{text} ({switch}{env_note})".replace("%", "%%"))
+            elif is_on:
+                negation = "--no-" + flag[2:]
+                parser.add_argument(negation, dest=name, action="store_const", const=False, default=argparse.SUPPRESS,
+                                    help=f"turn off: {text} (on unless {negation} is given{env_note})".replace("%", "%%"))
             else:
-                parser.add_argument(flag, dest=name, action="store_const", const=True, default=default, help=help_text)
+                parser.add_argument(flag, dest=name, action="store_const", const=True, default=argparse.SUPPRESS,
+                                    help=f"{text} (off unless {flag} is given{env_note})".replace("%", "%%"))
             continue
         arity = _tuple_arity(info.annotation)  # one flag, several values: --crop-area 0.6 1.0
         kind, allowed = (arity[0], None) if arity is not None else _value_type(info.annotation)
@@ -165,3 +177,48 @@ def model_overrides(args: argparse.Namespace, names: Iterable[str]) -> dict[str,
     """The fields among ``names`` that the command line gave (see ``use_defaults=False``)."""
     given = vars(args)
     return {name: given[name] for name in names if name in given}
+
+
+def nearest_field(key: str, names: Iterable[str]) -> str | None:
+    """The field ``key`` was most likely meant to be (``crop_size`` → ``crop_size_pixels``), or None.
+
+    A field that starts with ``key`` plus ``_`` (a unit suffix left out) wins; else the closest
+    spelling (difflib ratio >= 0.6, dashes read as underscores).
+    """
+    wanted = key.strip().replace("-", "_").lower()
+    names = list(names)
+    if wanted in names:
+        return wanted
+    extended = [name for name in names if name.startswith(wanted + "_")]
+    if extended:
+        return min(extended, key=len)
+    close = difflib.get_close_matches(wanted, names, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def format_validation_error(exc: ValidationError, *, subject: str, fields: Iterable[str] = (),
+                            missing_hint: str = "") -> str:
+    """One line for a pydantic ``ValidationError``, the same in every command.
+
+    ``invalid <subject>: <field>: <message>; ...``; a message that already names its field (the
+    range checks do: ``num_clips (0) must be in [1, 64]``) is not prefixed again. An unknown key
+    names the field it was most likely meant to be, among ``fields``. A missing one gets
+    ``missing_hint`` (where to give it). Never pydantic's multi-line dump or its URLs.
+    """
+    names = list(fields)
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if err["type"] == "extra_forbidden":
+            guess = nearest_field(loc, names) if names else None
+            msg = f"unknown key; did you mean {guess}?" if guess else "unknown key"
+            if names and not guess:
+                msg += f" (known keys: {', '.join(sorted(names))})"
+        elif err["type"] == "missing" and loc:
+            hint = missing_hint.replace("{name}", loc).replace("{NAME}", loc.upper())
+            msg = f"missing: {hint}" if hint else "missing"
+        elif "input_value" not in msg and "input" in err and err["type"] not in ("value_error", "assertion_error"):
+            msg = f"{msg}, got {err['input']!r}"
+        parts.append(msg if not loc or msg.startswith(loc) else f"{loc}: {msg}")
+    return f"invalid {subject}: " + "; ".join(parts)

@@ -29,7 +29,7 @@ from pydantic_settings import (
 )
 
 from clipserve.config import AugmentConfig, SamplingConfig
-from clipserve.config_cli import shared_field
+from clipserve.config_cli import format_validation_error, shared_field
 from clipserve.errors import ConfigError
 
 ENV_PREFIX = "CLIPSERVE_"
@@ -209,12 +209,7 @@ def load_service_config(overrides: dict[str, Any], config_file: Path | None = No
 
 
 def _format_validation_error(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "config"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "missing" and loc != "config":
-            msg = f"missing: give it as a flag, as {ENV_PREFIX}{loc.upper()} or in the config file"
-        parts.append(f"{loc}: {msg}" if loc != "config" else msg)
-    return "invalid service config: " + "; ".join(parts)
+    return format_validation_error(
+        exc, subject="service config", fields=ServiceConfig.model_fields,
+        missing_hint=f"give it as a flag, as {ENV_PREFIX}{{NAME}} or in the config file")
 

@@ -128,3 +128,70 @@ def test_bad_generated_flags_are_argparse_errors(argv: list[str]) -> None:
     add_model_arguments(parser, ServiceConfig)
     with pytest.raises((argparse.ArgumentError, SystemExit)):
         parser.parse_args(["--root", "/data", *argv])
+
+
+def _clipserve(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "clipserve", *argv], capture_output=True, text=True, cwd=REPO_ROOT,
+                          timeout=120)
+
+
+def test_every_command_prints_one_line_for_a_bad_value(tmp_path: Path) -> None:
+    """Issue 23, item 5: ``plan --num-clips 0`` says what ``start --num-clips 0`` says, in one line,
+    without pydantic's dump (``1 validation error for …``, ``errors.pydantic.dev``)."""
+    outputs = {command: _clipserve(command, "--root", str(tmp_path), "--num-clips", "0",
+                                   *(["--video", "0"] if command == "plan" else ["--port", "0"]))
+               for command in ("plan", "start")}
+    for command, result in outputs.items():
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"clipserve {command}: error: invalid ") and "num_clips (0) must be in [1, 64]" in lines[0]
+        assert "pydantic" not in result.stderr and "validation error for" not in result.stderr
+
+
+def test_a_config_file_key_with_a_typo_names_the_field_meant(tmp_path: Path) -> None:
+    """Issue 23, item 10: ``crop_size = 64`` in a config file suggests ``crop_size_pixels``."""
+    from clipserve.config_cli import nearest_field
+    from clipserve.errors import ConfigError
+    from clipserve.settings import load_service_config
+
+    fields = list(ServiceConfig.model_fields)
+    assert nearest_field("crop_size", fields) == "crop_size_pixels"
+    assert nearest_field("batchsize", fields) == "batch_size"
+    assert nearest_field("num-clips", fields) == "num_clips"
+    assert nearest_field("zzz", fields) is None
+    config = tmp_path / "service.toml"
+    config.write_text("crop_size = 64\nbatchsize = 4\nzzz = 1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_service_config({"root": tmp_path}, config)
+    message = str(caught.value)
+    assert message.startswith("invalid service config: crop_size: unknown key; did you mean crop_size_pixels?")
+    assert "batchsize: unknown key; did you mean batch_size?" in message
+    assert "zzz: unknown key (known keys: backend, batch_size," in message
+    assert "Extra inputs are not permitted" not in message
+    result = _clipserve("start", "--root", str(tmp_path), "--config", str(config), "--port", "0")
+    assert result.returncode == 2 and "did you mean crop_size_pixels?" in result.stderr
+
+
+def test_boolean_flags_say_what_they_do_and_what_holds_without_them() -> None:
+    """Issue 23, item 11: ``--no-random-resized-crop`` must not read ``(default: True)``."""
+    from clipserve.commands import plan, start
+
+    for command in (start, plan):
+        parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        command.add_arguments(parser)
+        help_text = parser.format_help()
+        negation = " ".join(_help_of(parser, "--no-random-resized-crop").split())
+        assert negation.startswith("turn off: Inception-style crop") and "on unless --no-random-resized-crop is given" in negation
+        assert "on unless --eval-mode" not in help_text and "off unless --eval-mode is given" in " ".join(help_text.split())
+        assert "default: True" not in help_text and "default: False" not in help_text
+        if command is plan:  # the defaults still reach the namespace
+            args = parser.parse_args(["--root", "/data", "--video", "0"])
+            assert (args.random_resized_crop, args.eval_mode) == (True, False)
+            args = parser.parse_args(["--root", "/data", "--video", "0", "--no-random-resized-crop", "--eval-mode"])
+            assert (args.random_resized_crop, args.eval_mode) == (False, True)
+    from trainer.config import help_text as trainer_help
+
+    text = " ".join(trainer_help().split())
+    assert "Nesterov momentum (on by default; --nesterov false turns it off)" in text
+    assert "(off by default; --resume turns it on)" in text

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
 
-from clipserve.config_cli import add_model_arguments, parse_bool
+from clipserve.config_cli import add_model_arguments, format_validation_error, parse_bool
 
 
 OBJECTIVES = ("moco", "byol", "simclr", "swav")
@@ -276,7 +276,7 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     try:
         return TrainConfig(**values).validate()
     except ValidationError as exc:
-        raise ConfigError(f"checkpoint config is invalid: {exc}") from None
+        raise ConfigError(format_validation_error(exc, subject="checkpoint config", fields=_FIELDS)) from None
 
 
 def help_text() -> str:

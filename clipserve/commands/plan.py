@@ -13,10 +13,10 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from clipserve.config import AugmentConfig, SamplingConfig
-from clipserve.config_cli import add_model_arguments
+from clipserve.config_cli import add_model_arguments, format_validation_error
 from clipserve.errors import ConfigError
 from clipserve.settings import ServiceConfig
 
@@ -49,6 +49,8 @@ def configs_from_args(args: argparse.Namespace) -> tuple[SamplingConfig, Augment
     try:
         sampling = SamplingConfig.from_fields(args)
         augment = AugmentConfig.from_fields(args, eval_mode=args.eval_mode)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, subject="plan settings")) from None
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     return sampling, augment
