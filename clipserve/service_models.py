@@ -17,7 +17,9 @@ class InfoPublic(BaseModel):
     backend: str
     """Executor actually used: 'pyav', 'dali-cpu' or 'dali-gpu'."""
     config: dict[str, Any]
-    """The service config (flags / env / file), without secrets."""
+    """The service config (flags / env / file), without secrets, as it runs: ``port`` is the port
+    bound (also after ``--port 0``), ``workers`` the decode worker processes (the CPU cores when not
+    given; each of W ranks gets ceil(workers / W))."""
     sampling: SamplingConfig
     augment: AugmentConfig
     dataset: IndexSummary

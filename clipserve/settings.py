@@ -100,6 +100,15 @@ class ServiceConfig(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port; the URL is printed when ready)")
     token: str | None = Field(None, description="bearer token required on every route but /healthz (>= 8 characters)")
 
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        from clipserve.datasets.registry import adapter_names
+
+        if v not in adapter_names():  # checked with the config, before any indexing starts
+            raise ValueError(f"dataset {v!r} is unknown; known datasets: {', '.join(adapter_names())}")
+        return v
+
     @field_validator("split_id")
     @classmethod
     def _split_id(cls, v: int) -> int:
@@ -143,6 +152,13 @@ class ServiceConfig(BaseSettings):
         if hasattr(os, "sched_getaffinity"):
             return max(1, len(os.sched_getaffinity(0)))
         return max(1, os.cpu_count() or 1)
+
+    def as_running(self, bound_port: int) -> "ServiceConfig":
+        """This config as the service runs it: ``port`` the one bound (``--port 0`` picks one) and
+        ``workers`` resolved (the CPU cores when unset), so that ``/v1/info`` reports real numbers."""
+        if not 1 <= bound_port <= 65535:
+            raise ConfigError(f"bound_port ({bound_port}) must be in [1, 65535]")
+        return self.model_copy(update={"port": bound_port, "workers": self.resolved_workers()})
 
     def public_dump(self) -> dict[str, Any]:
         """The config as JSON-able data without secrets (for ``/v1/info``)."""

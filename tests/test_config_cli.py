@@ -195,3 +195,25 @@ def test_boolean_flags_say_what_they_do_and_what_holds_without_them() -> None:
     text = " ".join(trainer_help().split())
     assert "Nesterov momentum (on by default; --nesterov false turns it off)" in text
     assert "(off by default; --resume turns it on)" in text
+
+
+def test_start_checks_the_dataset_name_before_any_work(tmp_path: Path) -> None:
+    """Issue 23, item 7: ``start --dataset k4OO`` fails before it says it is indexing."""
+    result = _clipserve("start", "--dataset", "k4OO", "--root", str(tmp_path), "--port", "0")
+    assert result.returncode == 2
+    assert "dataset 'k4OO' is unknown; known datasets: folder, hmdb51, k400" in result.stderr
+    assert "indexing" not in result.stderr and not (tmp_path / ".clipserve").exists()
+
+
+def test_a_port_in_use_suggests_port_0(tmp_path: Path) -> None:
+    """Issue 23, item 8: the second service on a port says how to pick a free one."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _clipserve("start", "--root", str(tmp_path), "--port", str(port))
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "pick a free port with --port 0" in result.stderr and "indexing" not in result.stderr

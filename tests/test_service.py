@@ -212,6 +212,15 @@ def test_stats_and_metrics_count_delivered_batches(service, runs) -> None:  # no
     assert float(values["clipserve_batches_delivered_total"]) >= stats["batches_delivered_total"]
 
 
+def test_info_reports_the_bound_port_and_the_workers_that_run(service, config) -> None:  # noqa: ANN001
+    """Issue 23, item 9: started with ``--port 0``, ``/v1/info`` says the port it bound, not 0."""
+    info = service.get("/v1/info").json()
+    assert service.port > 0 and info["config"]["port"] == service.port
+    assert info["config"]["workers"] == config.workers == 1
+    unset = load_service_config({"root": config.root}).as_running(service.port)  # workers unset: the CPU cores
+    assert unset.workers == len(os.sched_getaffinity(0)) and unset.port == service.port
+
+
 def test_rest_over_http_plan_png_and_4xx(service, config, index) -> None:  # noqa: ANN001
     got = service.get("/v1/videos/1/plan", params={"epoch": 4}).json()
     assert got == plan(index.records[1], 4, 1, config.seed, config.sampling(), config.augment()).model_dump(mode="json")

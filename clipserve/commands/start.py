@@ -12,6 +12,7 @@ segment unlinked, its decode workers joined) before the process exits with statu
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 import socket
@@ -54,7 +55,11 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host.strip("[]"), port))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = (f"; another program (another clipserve?) listens there: pick a free port with --port 0 "
+                    f"(the address is printed once serving) or another number such as --port {port + 1}")
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
     sock.set_inheritable(True)
     return sock
 
@@ -75,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_service_config(_overrides(args), args.config_file)
     sock = _bind(config.host, config.port)  # fail fast when the port is taken, before indexing
     port = sock.getsockname()[1]
+    config = config.as_running(port)  # /v1/info reports the bound port and the workers that run
     try:
         print(f"clipserve: indexing {config.dataset}/{config.split} at {config.root} ...", file=sys.stderr, flush=True)
         index = build_service_index(config, progress=getattr(args, "progress", True))
