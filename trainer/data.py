@@ -7,12 +7,13 @@ an exact resume.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
 from clipserve.batch import Batch, steps_per_epoch
+from trainer.layout import ConsumerSlot, LaunchEnv, resolve_layout
 
 SyntheticBatch = Batch
 """The synthetic stream's batches are ``clipserve.batch.Batch`` objects; the old name stays for callers."""
@@ -85,18 +86,44 @@ class SyntheticClipStream:
         return Batch(clips, video_index.long(), label.long(), starts, is_padding, epoch, step)
 
 
+def consumer_slot(urls: Sequence[str], layout: str, *, rank: int, world_size: int) -> ConsumerSlot:
+    """Read every service's ``/v1/info`` (waiting up to 120 s for it) and decide how this rank attaches
+    (:func:`trainer.layout.resolve_layout`; ConfigError when the layout would leave videos unread).
+
+    ``rank``/``world_size`` are the job's; torchrun's ``LOCAL_*`` and ``GROUP_RANK`` variables give the
+    node (without them, or when they disagree with ``rank``/``world_size``, the job is one node).
+    """
+    if not urls:
+        raise ValueError("no --server given: pass the clipserve URL (e.g. http://127.0.0.1:8000) or 'synthetic'")
+    from clipserve.client_multi import fetch_service_shard
+
+    launch = LaunchEnv.from_environ()
+    if (launch.rank, launch.world_size) != (rank, world_size):
+        launch = LaunchEnv(rank, world_size, rank, world_size, 0)
+    shards = [fetch_service_shard(url) for url in urls]
+    return resolve_layout(layout, shards, launch)
+
+
 def open_clip_stream(
-    server: str, *, rank: int, world_size: int, start_epoch: int = 0, start_step: int = 0, transport: str = "shm"
+    server: str | Sequence[str], *, rank: int, world_size: int, start_epoch: int = 0, start_step: int = 0,
+    transport: str = "shm",
 ) -> Any:
     """Attach to a clipserve service as consumer ``rank`` of ``world_size`` (attaches lazily, on the
     first batch, so a resume's ``load_state_dict`` comes first).
 
-    This is the trainer's only import from clipserve: ``clipserve.client.ClipStream(server,
-    rank=rank, world_size=world_size, start_epoch=…, start_step=…, transport=…)``.
+    One URL: ``clipserve.client.ClipStream(server, rank=rank, world_size=world_size, start_epoch=…,
+    start_step=…, transport=…)``; several (the shards of one epoch, on several decode hosts):
+    ``clipserve.client_multi.MultiClipStream`` with the same arguments.
     """
-    if not server:
+    urls = server.split() if isinstance(server, str) else list(server)
+    if not urls:
         raise ValueError("no --server given: pass the clipserve URL (e.g. http://127.0.0.1:8000) or 'synthetic'")
+    if len(urls) > 1:
+        from clipserve.client_multi import MultiClipStream
+
+        return MultiClipStream(urls, rank=rank, world_size=world_size, start_epoch=start_epoch, start_step=start_step,
+                               transport=transport)  # type: ignore[arg-type]
     from clipserve.client import ClipStream
 
-    return ClipStream(server, rank=rank, world_size=world_size, start_epoch=start_epoch, start_step=start_step,
-                      transport=transport)
+    return ClipStream(urls[0], rank=rank, world_size=world_size, start_epoch=start_epoch, start_step=start_step,
+                      transport=transport)  # type: ignore[arg-type]
