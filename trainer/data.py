@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from clipserve.batch import Batch, steps_per_epoch
-from trainer.layout import ConsumerSlot, LaunchEnv, resolve_layout
+from trainer.layout import ConsumerSlot, LaunchEnv, node_shard_map, resolve_layout
 
 SyntheticBatch = Batch
 """The synthetic stream's batches are ``clipserve.batch.Batch`` objects; the old name stays for callers."""
@@ -91,17 +91,22 @@ def consumer_slot(urls: Sequence[str], layout: str, *, rank: int, world_size: in
     (:func:`trainer.layout.resolve_layout`; ConfigError when the layout would leave videos unread).
 
     ``rank``/``world_size`` are the job's; torchrun's ``LOCAL_*`` and ``GROUP_RANK`` variables give the
-    node (without them, or when they disagree with ``rank``/``world_size``, the job is one node).
+    node (without them, or when they disagree with ``rank``/``world_size``, the job is one node). All
+    ranks must call it together: it gathers which shard each node reads.
     """
     if not urls:
         raise ValueError("no --server given: pass the clipserve URL (e.g. http://127.0.0.1:8000) or 'synthetic'")
     from clipserve.client_multi import fetch_service_shard
+    from trainer.dist import gather_objects
 
     launch = LaunchEnv.from_environ()
     if (launch.rank, launch.world_size) != (rank, world_size):
         launch = LaunchEnv(rank, world_size, rank, world_size, 0)
     shards = [fetch_service_shard(url) for url in urls]
-    return resolve_layout(layout, shards, launch)
+    # every rank takes part, whatever the layout (a collective): who reads which shard
+    gathered = gather_objects((launch.node_rank, shards[0].shard_id))
+    node_shards = node_shard_map(gathered) if len(gathered) == world_size > 1 else None  # type: ignore[arg-type]
+    return resolve_layout(layout, shards, launch, node_shards)
 
 
 def open_clip_stream(

@@ -97,13 +97,16 @@ class ConsumerSlot:
                 f"{len(self.urls)} service(s) {', '.join(self.urls)}")
 
 
-def resolve_layout(layout: str, shards: Sequence[ServiceShard], launch: LaunchEnv) -> ConsumerSlot:
+def resolve_layout(layout: str, shards: Sequence[ServiceShard], launch: LaunchEnv,
+                   node_shards: Mapping[int, Sequence[int]] | None = None) -> ConsumerSlot:
     """The consumer slot of this rank, or ConfigError when ``layout`` and the services disagree.
 
     Args:
         layout: 'auto', 'per-node' or 'global'.
         shards: what each ``--server`` URL reports (``clipserve.client_multi.fetch_service_shard``).
         launch: this process's place in the job.
+        node_shards: node rank → the shard id each of its ranks' service reports, gathered from all
+            ranks (:func:`node_shard_map`); None when this rank cannot see the others.
     """
     if layout not in LAYOUTS:
         raise ConfigError(f"--service-layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
@@ -112,7 +115,7 @@ def resolve_layout(layout: str, shards: Sequence[ServiceShard], launch: LaunchEn
     if layout == "auto":
         layout = "per-node" if len(shards) == 1 and shards[0].num_shards > 1 else "global"
     if layout == "per-node":
-        return _per_node(shards, launch)
+        return _per_node(shards, launch, node_shards)
     try:
         ordered = order_shard_set(shards)
     except ClipStreamError as error:
@@ -122,7 +125,16 @@ def resolve_layout(layout: str, shards: Sequence[ServiceShard], launch: LaunchEn
     return ConsumerSlot("global", tuple(shard.url for shard in ordered), launch.rank, launch.world_size)
 
 
-def _per_node(shards: Sequence[ServiceShard], launch: LaunchEnv) -> ConsumerSlot:
+def node_shard_map(gathered: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
+    """``[(node rank, shard id) of every rank]`` → ``{node rank: [shard ids its ranks see]}``."""
+    out: dict[int, list[int]] = {}
+    for node, shard_id in gathered:
+        out.setdefault(int(node), []).append(int(shard_id))
+    return out
+
+
+def _per_node(shards: Sequence[ServiceShard], launch: LaunchEnv,
+              node_shards: Mapping[int, Sequence[int]] | None) -> ConsumerSlot:
     if len(shards) != 1:
         raise ConfigError(f"--service-layout per-node takes one --server (this node's service), got {len(shards)}; "
                           "for several decode hosts use --service-layout global")
@@ -140,10 +152,39 @@ def _per_node(shards: Sequence[ServiceShard], launch: LaunchEnv) -> ConsumerSlot
             f"(WORLD_SIZE {launch.world_size} / LOCAL_WORLD_SIZE {launch.local_world_size}), so some videos would be "
             f"read twice or never: start each node's service with --shard-id <node rank> --num-shards {nodes}{other}"
         )
-    if shard.shard_id != launch.node_rank:
+    if node_shards is not None and launch.num_nodes > 1:
+        _check_node_shards(shard, launch, node_shards)
+    elif shard.shard_id != launch.node_rank:
         raise ConfigError(
             f"{shard.url} serves shard {shard.shard_id} of {shard.num_shards}, but this is node {launch.node_rank} "
             f"(GROUP_RANK): point --server at this node's service, or start it with --shard-id {launch.node_rank} "
             f"--num-shards {nodes}"
         )
     return ConsumerSlot("per-node", (shard.url,), launch.local_rank, launch.local_world_size)
+
+
+def _check_node_shards(shard: ServiceShard, launch: LaunchEnv, node_shards: Mapping[int, Sequence[int]]) -> None:
+    """Every node's ranks see one shard, and the nodes' shards are 0..N-1, each once.
+
+    torchrun's c10d rendezvous numbers the nodes in an order of its own (``--node-rank`` counts only
+    for the static rendezvous), so a node's shard need not equal its ``GROUP_RANK``: what matters is
+    that no shard is read twice and none is left out.
+    """
+    nodes = launch.num_nodes
+    for node, ids in sorted(node_shards.items()):
+        if len(set(ids)) != 1:
+            raise ConfigError(f"the ranks of node {node} attach to services of different shards {sorted(set(ids))}: "
+                              "point --server of every rank of a node at that node's one service")
+    seen = {node: ids[0] for node, ids in node_shards.items()}
+    by_shard: dict[int, list[int]] = {}
+    for node, shard_id in seen.items():
+        by_shard.setdefault(shard_id, []).append(node)
+    missing = sorted(set(range(nodes)) - set(by_shard))
+    twice = {shard_id: sorted(nodes_of) for shard_id, nodes_of in by_shard.items() if len(nodes_of) > 1}
+    if missing or twice:
+        listing = ", ".join(f"node {node}: shard {shard_id}" for node, shard_id in sorted(seen.items()))
+        raise ConfigError(
+            f"the nodes' services must serve shards 0..{nodes - 1}, each once ({listing}); shard(s) "
+            f"{missing} would never be read: start node n's service with --shard-id n --num-shards {nodes} "
+            f"(this node, {launch.node_rank}, reads {shard.url})"
+        )
