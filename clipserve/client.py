@@ -325,13 +325,13 @@ class ClipStream:
                 if now + delay_seconds > deadline:
                     raise ClipStreamError(
                         f"could not attach to clipserve at {self.url} within {self.reconnect_timeout_seconds:g} s "
-                        f"(reconnect_timeout_seconds): {_reason(error)}. Is `clipserve start` running there? "
+                        f"(reconnect_timeout_seconds): {failure_reason(error)}. Is `clipserve start` running there? "
                         f"Check the host and port it printed"
                     ) from None
                 if now >= next_report:
                     _log.warning(
                         "clipserve at %s not reachable (%s); retrying for up to %.0f s more "
-                        "(reconnect_timeout_seconds=%g)", self.url, _reason(error), deadline - now,
+                        "(reconnect_timeout_seconds=%g)", self.url, failure_reason(error), deadline - now,
                         self.reconnect_timeout_seconds,
                     )
                     next_report = now + RETRY_REPORT_INTERVAL_SECONDS
@@ -437,6 +437,6 @@ class _RetryableError(ClipserveError):
     """A transient attach failure (5xx, stream not ready)."""
 
 
-def _reason(error: BaseException) -> str:
+def failure_reason(error: BaseException) -> str:
     """A short reason for a failed attach: ``ConnectError: [Errno 111] Connection refused``."""
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

@@ -165,6 +165,9 @@ def add_model_arguments(
         if arity is not None:
             count = arity[1]
             kwargs.update(nargs=count, metavar=tuple(name.upper().split("_")[-1] + str(i) for i in range(count)))
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if "nargs" in extra:  # a str field that takes several values (--server URL [URL ...])
+            kwargs["nargs"] = extra["nargs"]
         if choices and allowed is not None:
             kwargs["choices"] = allowed
         if use_defaults and info.is_required():

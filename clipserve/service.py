@@ -254,6 +254,8 @@ class ServiceState:
             num_videos=self.num_videos,
             batch_layout=self.layout.describe(),
             steps_per_epoch_single_consumer=self.steps_per_epoch(1),
+            shard_id=self.config.shard_id,
+            num_shards=self.config.num_shards,
         )
 
     # ----- lifecycle -----------------------------------------------------------------------------

@@ -29,3 +29,7 @@ class InfoPublic(BaseModel):
     """``BatchLayout.describe()``: shapes ``clips (B, ρ, C, T, H, W)``, dtypes, slot offsets, layout_id."""
     steps_per_epoch_single_consumer: int
     """Batches in one epoch of this shard for a consumer attached with world_size=1."""
+    shard_id: int
+    """The part of every epoch this service serves, in [0, num_shards) (``--shard-id``)."""
+    num_shards: int
+    """How many services split every epoch between them (``--num-shards``): nodes, or decode hosts."""

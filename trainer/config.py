@@ -44,7 +44,13 @@ class TrainConfig:
     backbone: str = Field("tiny", description="tiny | r3d_18 | r2plus1d_18 | mvit_v2_s | slow_r50")
     profile: str = Field("paper", description="paper (the paper's hyperparameters) | cpu (scaled down for CPU demos)")
     # --- data
-    server: str = Field("", description="clipserve URL (ClipStream), or 'synthetic' for the built-in synthetic stream")
+    server: str = Field("", json_schema_extra={"nargs": "+"}, description=(
+        "clipserve URL (ClipStream), several URLs of the services that serve the shards of one epoch (space-separated; "
+        "decode hosts), or 'synthetic' for the built-in synthetic stream; a service's token comes from CLIPSERVE_TOKEN"))
+    service_layout: str = Field("auto", description=(
+        "per-node (each node's ranks are consumers LOCAL_RANK of LOCAL_WORLD_SIZE of their node's service, whose shard "
+        "is the node rank) | global (consumers RANK of WORLD_SIZE of every --server) | auto (per-node when the one "
+        "service reports num_shards > 1, else global); a layout that would leave videos unread is refused"))
     transport: str = Field("shm", description="shm (same host, zero copy) | http (any host)")
     attach_timeout_seconds: float = Field(
         120.0, description="keep retrying to attach (and to re-attach after a service restart) this long; "
@@ -102,6 +108,9 @@ class TrainConfig:
     checkpoint_every_steps: int = Field(500, description="also saved at the end and on Ctrl-C")
     log_every_steps: int = Field(10, description="JSON-lines metrics cadence")
     progress: bool = Field(True, description="tqdm bar on rank 0")
+    record_videos: bool = Field(False, description=(
+        "every rank writes checkpoint_dir/videos-rank<R>.jsonl: epoch, step, video_index, is_padding and the clips' "
+        "sha256 of each batch it trains on, then a sha256 of its final weights (to check coverage and DDP agreement)"))
 
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` for any out-of-range value; returns ``self``."""
@@ -110,6 +119,7 @@ class TrainConfig:
             "backbone": BACKBONES,
             "profile": ("paper", "cpu"),
             "transport": ("shm", "http"),
+            "service_layout": ("auto", "per-node", "global"),
             "optimizer": ("sgd", "lars"),
             "loss_reduction": ("mean", "sum"),
             "moco_positives": ("eq1", "per_positive"),
@@ -234,7 +244,10 @@ def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
         if not arg.startswith("--") or arg == "--":
             raise ConfigError(f"expected --key value, got {arg!r}")
         _check_key(arg[2:].split("=", 1)[0])
-    return vars(namespace)
+    values = vars(namespace)
+    if isinstance(values.get("server"), list):  # --server URL [URL ...]: one string, space-separated
+        values["server"] = " ".join(values["server"])
+    return values
 
 
 def make_config(objective: str = "moco", profile: str = "paper", **overrides: Any) -> TrainConfig:

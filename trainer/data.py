@@ -7,12 +7,13 @@ an exact resume.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
 from clipserve.batch import Batch, steps_per_epoch
+from trainer.layout import ConsumerSlot, LaunchEnv, node_shard_map, resolve_layout
 
 SyntheticBatch = Batch
 """The synthetic stream's batches are ``clipserve.batch.Batch`` objects; the old name stays for callers."""
@@ -85,21 +86,52 @@ class SyntheticClipStream:
         return Batch(clips, video_index.long(), label.long(), starts, is_padding, epoch, step)
 
 
+def consumer_slot(
+    urls: Sequence[str], layout: str, *, rank: int, world_size: int, attach_timeout_seconds: float = 120.0,
+) -> ConsumerSlot:
+    """Read every service's ``/v1/info`` (waiting up to ``attach_timeout_seconds`` for it) and decide how this rank attaches
+    (:func:`trainer.layout.resolve_layout`; ConfigError when the layout would leave videos unread).
+
+    ``rank``/``world_size`` are the job's; torchrun's ``LOCAL_*`` and ``GROUP_RANK`` variables give the
+    node (without them, or when they disagree with ``rank``/``world_size``, the job is one node). All
+    ranks must call it together: it gathers which shard each node reads.
+    """
+    if not urls:
+        raise ValueError("no --server given: pass the clipserve URL (e.g. http://127.0.0.1:8000) or 'synthetic'")
+    from clipserve.client_multi import fetch_service_shard
+    from trainer.dist import gather_objects
+
+    launch = LaunchEnv.from_environ()
+    if (launch.rank, launch.world_size) != (rank, world_size):
+        launch = LaunchEnv(rank, world_size, rank, world_size, 0)
+    shards = [fetch_service_shard(url, wait_seconds=attach_timeout_seconds) for url in urls]
+    # every rank takes part, whatever the layout (a collective): who reads which shard
+    gathered = gather_objects((launch.node_rank, shards[0].shard_id))
+    node_shards = node_shard_map(gathered) if len(gathered) == world_size > 1 else None  # type: ignore[arg-type]
+    return resolve_layout(layout, shards, launch, node_shards)
+
+
 def open_clip_stream(
-    server: str, *, rank: int, world_size: int, start_epoch: int = 0, start_step: int = 0, transport: str = "shm",
-    attach_timeout_seconds: float = 120.0,
+    server: str | Sequence[str], *, rank: int, world_size: int, start_epoch: int = 0, start_step: int = 0,
+    transport: str = "shm", attach_timeout_seconds: float = 120.0,
 ) -> Any:
     """Attach to a clipserve service as consumer ``rank`` of ``world_size`` (attaches lazily, on the
     first batch, so a resume's ``load_state_dict`` comes first).
 
-    This is the trainer's only import from clipserve: ``clipserve.client.ClipStream(server,
-    rank=rank, world_size=world_size, start_epoch=…, start_step=…, transport=…,
-    reconnect_timeout_seconds=attach_timeout_seconds)``. A malformed ``server`` raises
-    ``clipserve.client.ServiceURLError`` here, at once.
+    One URL: ``clipserve.client.ClipStream(server, rank=rank, world_size=world_size, start_epoch=…,
+    start_step=…, transport=…, reconnect_timeout_seconds=attach_timeout_seconds)``; several (the shards
+    of one epoch, on several decode hosts): ``clipserve.client_multi.MultiClipStream`` with the same
+    arguments. A malformed URL raises ``clipserve.client.ServiceURLError`` here, at once.
     """
-    if not server:
+    urls = server.split() if isinstance(server, str) else list(server)
+    if not urls:
         raise ValueError("no --server given: pass the clipserve URL (e.g. http://127.0.0.1:8000) or 'synthetic'")
+    if len(urls) > 1:
+        from clipserve.client_multi import MultiClipStream
+
+        return MultiClipStream(urls, rank=rank, world_size=world_size, start_epoch=start_epoch, start_step=start_step,
+                               transport=transport, reconnect_timeout_seconds=attach_timeout_seconds)  # type: ignore[arg-type]
     from clipserve.client import ClipStream
 
-    return ClipStream(server, rank=rank, world_size=world_size, start_epoch=start_epoch, start_step=start_step,
-                      transport=transport, reconnect_timeout_seconds=attach_timeout_seconds)
+    return ClipStream(urls[0], rank=rank, world_size=world_size, start_epoch=start_epoch, start_step=start_step,
+                      transport=transport, reconnect_timeout_seconds=attach_timeout_seconds)  # type: ignore[arg-type]

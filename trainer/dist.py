@@ -87,6 +87,15 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
+def gather_objects(value: object) -> list[object]:
+    """``value`` from every rank, in rank order (picklable objects; ``[value]`` in a single process)."""
+    if not is_distributed() or world_size() == 1:
+        return [value]
+    out: list[object] = [None] * world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
 def all_reduce_sum_(x: torch.Tensor) -> torch.Tensor:
     """In-place sum over ranks (no-op in a single process); returns ``x``."""
     if is_distributed() and world_size() > 1:

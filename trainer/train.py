@@ -3,8 +3,9 @@
     python -m trainer --objective moco --server http://127.0.0.1:8000 --max-steps 1000
     torchrun --nproc-per-node 2 -m trainer --objective simclr --server http://127.0.0.1:8000
 
-Each rank attaches to the service as consumer ``rank`` of ``world_size``; rank 0 alone logs and
-saves. ``train(config, batches)`` runs the same loop on any iterable of batches; the CLI entry
+Each rank attaches to the service(s) as the layout says (:mod:`trainer.layout`: consumer ``RANK``
+of ``WORLD_SIZE``, or ``LOCAL_RANK`` of ``LOCAL_WORLD_SIZE`` of its node's service); rank 0 alone
+logs and saves. ``train(config, batches)`` runs the same loop on any iterable of batches; the CLI entry
 point is :func:`trainer.cli.main`.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import inspect
 import json
 import math
@@ -32,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from trainer import dist as tdist
 from trainer.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from trainer.config import ConfigError, TrainConfig
-from trainer.data import SyntheticClipStream, open_clip_stream
+from trainer.data import SyntheticClipStream, consumer_slot, open_clip_stream
 from trainer.objectives import Objective, build_objective
 from trainer.optim import build_optimizer
 from trainer.utils import normalize_clips, warmup_cosine_lr
@@ -57,15 +59,36 @@ def log(message: str) -> None:
 
 
 def make_source(config: TrainConfig, rank: int, world_size: int) -> Any:
-    """The batch source: ClipStream on ``config.server``, or the synthetic stream for 'synthetic'."""
+    """The batch source: a stream of the services of ``config.server`` (attached as the layout
+    ``config.service_layout`` says: :mod:`trainer.layout`), or the synthetic stream for 'synthetic'."""
     if config.server == "synthetic":
         return SyntheticClipStream(
             batch_size=config.synthetic_batch_size, num_clips=config.synthetic_num_clips,
             frames=config.synthetic_frames, size_pixels=config.synthetic_size_pixels,
             num_videos=config.synthetic_num_videos, seed=config.seed, rank=rank, world_size=world_size,
         )
-    return open_clip_stream(config.server, rank=rank, world_size=world_size, transport=config.transport,
+    slot = consumer_slot(config.server.split(), config.service_layout, rank=rank, world_size=world_size,
+                         attach_timeout_seconds=config.attach_timeout_seconds)
+    log(slot.describe())
+    return open_clip_stream(list(slot.urls), rank=slot.rank, world_size=slot.world_size, transport=config.transport,
                             attach_timeout_seconds=config.attach_timeout_seconds)
+
+
+def batch_record(batch: Any) -> dict[str, Any]:
+    """What ``--record-videos`` writes per batch: position, videos, padding, sha256 of the clip bytes."""
+    clips = batch.clips.detach().contiguous().cpu()
+    return {"epoch": int(batch.epoch), "stream_step": int(batch.step),
+            "video_index": [int(v) for v in batch.video_index], "is_padding": [bool(v) for v in batch.is_padding],
+            "clips_sha256": hashlib.sha256(clips.numpy().tobytes()).hexdigest()}
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of the parameters' bytes (name order): equal on every rank when DDP keeps them in step."""
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(parameter.detach().float().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 CPU_SIZED_BACKBONES = ("tiny",)
@@ -267,6 +290,11 @@ def _train(config: TrainConfig, source: Iterable) -> TrainResult:
     bar = tqdm(total=config.max_steps, initial=start_step, disable=not (is_main and config.progress),
                dynamic_ncols=True, unit="step", file=sys.stderr)
 
+    videos_file = None
+    if config.record_videos:  # every rank: what it trained on (coverage and restart checks)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        videos_file = open(out_dir / f"videos-rank{ctx.rank}.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+
     # -------------------------------------------------------------- the loop
     result = TrainResult(first_step=start_step, final_step=start_step)
     step = start_step
@@ -328,6 +356,9 @@ def _train(config: TrainConfig, source: Iterable) -> TrainResult:
             scaler.update()
             step += 1
             last_position = {"epoch": int(batch.epoch), "step": int(batch.step)}
+            if videos_file is not None:
+                videos_file.write(json.dumps({"step": step, **batch_record(batch)}) + "\n")
+                videos_file.flush()
             window["clips"] += x.shape[0] * x.shape[1] * ctx.world_size
             batch = None
 
@@ -351,6 +382,9 @@ def _train(config: TrainConfig, source: Iterable) -> TrainResult:
         bar.close()
     if window["n"] > 0 and not interrupted:  # steps since the last record (the time budget stopped the loop)
         write_metrics(lr, scalars)
+    if videos_file is not None:
+        videos_file.write(json.dumps({"final_step": step, "weights_sha256": weights_digest(raw_model)}) + "\n")
+        videos_file.close()
     if not interrupted:
         result.checkpoint_path = save(step)
         if result.checkpoint_path is not None:
