@@ -11,7 +11,13 @@ decode worker) is pinned to a core of its own with ``taskset -c``, and batches t
 2. **Cost per batch of the transport** (224², ρ=4, T=8, B=8: 38.5 MB of clips). One server pinned
    to core 0, the consumer pinned to core 1; after a batch arrives the consumer waits until the
    service has decoded the next ones ahead, then times receiving batches that are already ready:
-   HTTP (one copy, frames over a socket) next to shared memory (a view of the ring slot).
+   HTTP (one copy, frames over a socket) next to shared memory (a view of the ring slot). The
+   median includes the service decoding the next batch on the same core meanwhile (as on a busy
+   decode host); the minimum is closest to the transport alone.
+
+Over HTTP, the batches leave through the service's REST process, which runs at
+``--control-plane-nice`` (default 19) below the decode workers; ``--control-plane-nice 0`` gives
+it equal priority.
 
 Prints one JSON object and a one-line summary; takes about 3 minutes on 2 cores.
 
@@ -49,12 +55,14 @@ TRANSPORT = {"crop_size": 224, "num_clips": 4, "frames_per_clip": 8, "frame_stri
 
 
 def start_pinned(root: Path, core: int, settings: dict[str, int], log_path: Path, *, shard_id: int = 0,
-                 num_shards: int = 1, prefetch_batches: int = 4) -> tuple[subprocess.Popen[bytes], str]:
+                 num_shards: int = 1, prefetch_batches: int = 4, control_plane_nice: int = 19
+                 ) -> tuple[subprocess.Popen[bytes], str]:
     """``taskset -c core clipserve start`` with one decode worker; returns (process, URL)."""
     command = ["taskset", "-c", str(core), sys.executable, "-m", "clipserve", "start", "--dataset", "k400",
                "--root", str(root), "--port", "0", "--no-progress", "--log-level", "warning", "--backend", "pyav",
                "--workers", "1", "--prefetch-batches", str(prefetch_batches), "--seed", "0",
                "--shard-id", str(shard_id), "--num-shards", str(num_shards),
+               "--control-plane-nice", str(control_plane_nice),
                "--crop-size", str(settings["crop_size"]), "--num-clips", str(settings["num_clips"]),
                "--frames-per-clip", str(settings["frames_per_clip"]), "--frame-stride", str(settings["frame_stride"]),
                "--batch-size", str(settings["batch_size"])]
@@ -96,12 +104,14 @@ def throughput(root: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any
     warmup = 2 * prefetch + 2  # per server: what its ring and prefetch queue hold after an idle spell
     processes = []
     try:
-        one, one_url = start_pinned(root, 0, THROUGHPUT, tmp / "one.log", prefetch_batches=prefetch)
+        one, one_url = start_pinned(root, 0, THROUGHPUT, tmp / "one.log", prefetch_batches=prefetch,
+                                    control_plane_nice=args.control_plane_nice)
         processes.append(one)
         urls = []
         for shard_id in range(2):
             process, url = start_pinned(root, shard_id, THROUGHPUT, tmp / f"shard{shard_id}.log", shard_id=shard_id,
-                                        num_shards=2, prefetch_batches=prefetch)
+                                        num_shards=2, prefetch_batches=prefetch,
+                                        control_plane_nice=args.control_plane_nice)
             processes.append(process)
             urls.append(url)
         single_rates, double_rates, ratios = [], [], []
@@ -116,7 +126,8 @@ def throughput(root: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any
         for process in processes:
             _stop(process)
     return {
-        "settings": {**THROUGHPUT, "workers_per_server": 1, "prefetch_batches": prefetch, "transport": "http"},
+        "settings": {**THROUGHPUT, "workers_per_server": 1, "prefetch_batches": prefetch, "transport": "http",
+                     "control_plane_nice": args.control_plane_nice},
         "timed_batches": args.batches, "repeats": args.repeats,
         "one_server_clips_per_second": single_rates, "two_servers_clips_per_second": double_rates,
         "paired_ratios": ratios, "two_over_one": statistics.median(ratios),
@@ -131,7 +142,8 @@ def transport_cost(root: Path, tmp: Path, args: argparse.Namespace) -> dict[str,
     from clipserve.client import ClipStream
 
     prefetch = 3
-    process, url = start_pinned(root, 0, TRANSPORT, tmp / "transport.log", prefetch_batches=prefetch)
+    process, url = start_pinned(root, 0, TRANSPORT, tmp / "transport.log", prefetch_batches=prefetch,
+                                control_plane_nice=args.control_plane_nice)
     os.sched_setaffinity(0, {1})  # the consumer on the other core
     result: dict[str, Any] = {}
     try:
@@ -153,7 +165,8 @@ def transport_cost(root: Path, tmp: Path, args: argparse.Namespace) -> dict[str,
             result[transport] = {"seconds_per_ready_batch": times, "median_seconds": statistics.median(times),
                                  "min_seconds": min(times), "first_batch_seconds": decode_seconds}
         result["clips_bytes_per_batch"] = batch_bytes
-        result["settings"] = {**TRANSPORT, "workers": 1, "prefetch_batches": prefetch}
+        result["settings"] = {**TRANSPORT, "workers": 1, "prefetch_batches": prefetch,
+                              "control_plane_nice": args.control_plane_nice}
     finally:
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)) & set(range(64)))
         _stop(process)
@@ -165,7 +178,10 @@ def main() -> int:
     parser.add_argument("--root", type=Path, default=None, help="K400-layout dataset (default: a small synthetic one)")
     parser.add_argument("--batches", type=int, default=8, help="timed batches per window (two servers: twice as many)")
     parser.add_argument("--repeats", type=int, default=3, help="paired windows (one server, then two)")
-    parser.add_argument("--transport-rounds", type=int, default=2, help="rounds of ready batches timed per transport")
+    parser.add_argument("--transport-rounds", type=int, default=3, help="rounds of ready batches timed per transport")
+    parser.add_argument("--control-plane-nice", type=int, default=19,
+                        help="every server's --control-plane-nice: its REST process sends the HTTP batches (default: "
+                             "the service's default, 19)")
     args = parser.parse_args()
     if len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("needs 2 cores (one per simulated host)")
