@@ -1,0 +1,207 @@
+"""Benchmark: clips/s one consumer gets from two decode hosts vs one, and the HTTP path's cost per batch.
+
+Hosts are simulated on this machine: each ``clipserve start`` (REST process, data plane and its one
+decode worker) is pinned to a core of its own with ``taskset -c``, and batches travel over HTTP.
+
+1. **Throughput** (decode-dominated: 112², ρ=2, T=8, τ=8, B=8, ``--workers 1`` per server). One
+   server (``taskset -c 0``, the whole epoch) against two (``taskset -c 0`` serving shard 0 of 2,
+   ``taskset -c 1`` serving shard 1 of 2, read by ``MultiClipStream``). The consumer is this
+   process; it only touches each batch (reads one byte). Windows alternate (one, two, one, ...) so
+   machine load hits both alike; the median of the paired ratios is reported. Target: ≥ 1.8×.
+2. **Cost per batch of the transport** (224², ρ=4, T=8, B=8: 38.5 MB of clips). One server pinned
+   to core 0, the consumer pinned to core 1; after a batch arrives the consumer waits until the
+   service has decoded the next ones ahead, then times receiving batches that are already ready:
+   HTTP (one copy, frames over a socket) next to shared memory (a view of the ring slot). The
+   median includes the service decoding the next batch on the same core meanwhile (as on a busy
+   decode host); the minimum is closest to the transport alone.
+
+Over HTTP, the batches leave through the service's REST process, which runs at
+``--control-plane-nice`` (default 19) below the decode workers; ``--control-plane-nice 0`` gives
+it equal priority.
+
+Prints one JSON object and a one-line summary; takes about 3 minutes on 2 cores.
+
+    .venv/bin/python benchmarks/multi_server.py [--root DIR] [--batches 8] [--repeats 3]
+
+Without ``--root`` the small synthetic dataset of ``benchmarks/service.py`` is used (built once
+under ``/tmp/clipserve-bench/k400``). The cores must be free for the figures to mean anything: on
+a machine shared with other work, the ratio is noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.service import _ensure_dataset, _stop  # noqa: E402
+
+READY = re.compile(r"serving \d+ videos at (http://\S+?)/? ")
+THROUGHPUT = {"crop_size": 112, "num_clips": 2, "frames_per_clip": 8, "frame_stride": 8, "batch_size": 8}
+TRANSPORT = {"crop_size": 224, "num_clips": 4, "frames_per_clip": 8, "frame_stride": 8, "batch_size": 8}
+
+
+def start_pinned(root: Path, core: int, settings: dict[str, int], log_path: Path, *, shard_id: int = 0,
+                 num_shards: int = 1, prefetch_batches: int = 4, control_plane_nice: int = 19
+                 ) -> tuple[subprocess.Popen[bytes], str]:
+    """``taskset -c core clipserve start`` with one decode worker; returns (process, URL)."""
+    command = ["taskset", "-c", str(core), sys.executable, "-m", "clipserve", "start", "--dataset", "k400",
+               "--root", str(root), "--port", "0", "--no-progress", "--log-level", "warning", "--backend", "pyav",
+               "--workers", "1", "--prefetch-batches", str(prefetch_batches), "--seed", "0",
+               "--shard-id", str(shard_id), "--num-shards", str(num_shards),
+               "--control-plane-nice", str(control_plane_nice),
+               "--crop-size", str(settings["crop_size"]), "--num-clips", str(settings["num_clips"]),
+               "--frames-per-clip", str(settings["frames_per_clip"]), "--frame-stride", str(settings["frame_stride"]),
+               "--batch-size", str(settings["batch_size"])]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPSERVE_")}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env,
+                                   start_new_session=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        match = READY.search(log_path.read_text(errors="replace"))
+        if match:
+            return process, match.group(1).rstrip("/")
+        if process.poll() is not None:
+            break
+        time.sleep(0.1)
+    _stop(process)
+    raise RuntimeError(f"service did not start:\n{log_path.read_text(errors='replace')}")
+
+
+def timed_window(batches: Any, warmup: int, timed: int) -> float:
+    """Skip ``warmup`` batches (decoded ahead while idle), then clips/s over ``timed`` batches; each batch
+    is only touched (one byte read), as a trainer far faster than decoding would."""
+    for _ in range(warmup):
+        next(batches).clips[0, 0, 0, 0, 0, 0].item()
+    started = time.perf_counter()
+    clips = 0
+    for _ in range(timed):
+        batch = next(batches)
+        batch.clips[0, 0, 0, 0, 0, 0].item()
+        clips += batch.clips.shape[0] * batch.clips.shape[1]
+    return clips / (time.perf_counter() - started)
+
+
+def throughput(root: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from clipserve.client import ClipStream
+    from clipserve.client_multi import MultiClipStream
+
+    prefetch = 2
+    warmup = 2 * prefetch + 2  # per server: what its ring and prefetch queue hold after an idle spell
+    processes = []
+    try:
+        one, one_url = start_pinned(root, 0, THROUGHPUT, tmp / "one.log", prefetch_batches=prefetch,
+                                    control_plane_nice=args.control_plane_nice)
+        processes.append(one)
+        urls = []
+        for shard_id in range(2):
+            process, url = start_pinned(root, shard_id, THROUGHPUT, tmp / f"shard{shard_id}.log", shard_id=shard_id,
+                                        num_shards=2, prefetch_batches=prefetch,
+                                        control_plane_nice=args.control_plane_nice)
+            processes.append(process)
+            urls.append(url)
+        single_rates, double_rates, ratios = [], [], []
+        with ClipStream(one_url, transport="http", timeout_seconds=300) as single, \
+                MultiClipStream(urls, transport="http", timeout_seconds=300) as double:
+            single_batches, double_batches = iter(single), iter(double)
+            for _ in range(args.repeats):
+                single_rates.append(timed_window(single_batches, warmup, args.batches))
+                double_rates.append(timed_window(double_batches, 2 * warmup, 2 * args.batches))
+                ratios.append(double_rates[-1] / single_rates[-1])
+    finally:
+        for process in processes:
+            _stop(process)
+    return {
+        "settings": {**THROUGHPUT, "workers_per_server": 1, "prefetch_batches": prefetch, "transport": "http",
+                     "control_plane_nice": args.control_plane_nice},
+        "timed_batches": args.batches, "repeats": args.repeats,
+        "one_server_clips_per_second": single_rates, "two_servers_clips_per_second": double_rates,
+        "paired_ratios": ratios, "two_over_one": statistics.median(ratios),
+        "one_server_median_clips_per_second": statistics.median(single_rates),
+        "two_servers_median_clips_per_second": statistics.median(double_rates),
+        "target_ratio": 1.8, "meets_target": statistics.median(ratios) >= 1.8,
+    }
+
+
+def transport_cost(root: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds to receive a batch the service has already decoded, HTTP vs shared memory."""
+    from clipserve.client import ClipStream
+
+    prefetch = 3
+    process, url = start_pinned(root, 0, TRANSPORT, tmp / "transport.log", prefetch_batches=prefetch,
+                                control_plane_nice=args.control_plane_nice)
+    os.sched_setaffinity(0, {1})  # the consumer on the other core
+    result: dict[str, Any] = {}
+    try:
+        for transport in ("http", "shm"):
+            with ClipStream(url, transport=transport, timeout_seconds=300) as stream:
+                batches = iter(stream)
+                started = time.perf_counter()
+                first = next(batches)
+                batch_bytes = first.clips.numel()
+                decode_seconds = time.perf_counter() - started
+                times = []
+                for _ in range(args.transport_rounds):
+                    time.sleep(min(prefetch * decode_seconds * 1.2, 60.0))  # the service decodes ahead meanwhile
+                    for _ in range(prefetch - 1):  # batches that are ready: receive time only
+                        started = time.perf_counter()
+                        batch = next(batches)
+                        batch.clips[0, 0, 0, 0, 0, 0].item()
+                        times.append(time.perf_counter() - started)
+            result[transport] = {"seconds_per_ready_batch": times, "median_seconds": statistics.median(times),
+                                 "min_seconds": min(times), "first_batch_seconds": decode_seconds}
+        result["clips_bytes_per_batch"] = batch_bytes
+        result["settings"] = {**TRANSPORT, "workers": 1, "prefetch_batches": prefetch,
+                              "control_plane_nice": args.control_plane_nice}
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)) & set(range(64)))
+        _stop(process)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=None, help="K400-layout dataset (default: a small synthetic one)")
+    parser.add_argument("--batches", type=int, default=8, help="timed batches per window (two servers: twice as many)")
+    parser.add_argument("--repeats", type=int, default=3, help="paired windows (one server, then two)")
+    parser.add_argument("--transport-rounds", type=int, default=3, help="rounds of ready batches timed per transport")
+    parser.add_argument("--control-plane-nice", type=int, default=19,
+                        help="every server's --control-plane-nice: its REST process sends the HTTP batches (default: "
+                             "the service's default, 19)")
+    args = parser.parse_args()
+    if len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("needs 2 cores (one per simulated host)")
+    root = _ensure_dataset(args.root)
+    with tempfile.TemporaryDirectory(prefix="clipserve-multi-") as tmp:
+        scaling = throughput(root, Path(tmp), args)
+        cost = transport_cost(root, Path(tmp), args)
+    result = {
+        "benchmark": "multi_server", "root": str(root), "throughput": scaling, "transport_cost": cost,
+        "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+                    "load_average_1m": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d")},
+    }
+    print(json.dumps(result, indent=1))
+    http, shm = cost["http"]["median_seconds"], cost["shm"]["median_seconds"]
+    print(f"two servers: {scaling['two_servers_median_clips_per_second']:.1f} clips/s vs one: "
+          f"{scaling['one_server_median_clips_per_second']:.1f} = {scaling['two_over_one']:.2f}x (target >= 1.8x); "
+          f"a ready batch of {cost['clips_bytes_per_batch'] / 1e6:.1f} MB (224², ρ=4, B=8): HTTP {1000 * http:.1f} ms, "
+          f"shared memory {1000 * shm:.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
