@@ -163,7 +163,7 @@ def test_eval_against_eval_mode_services_gives_a_knn_accuracy(
                                  "--val-server", val.url, "--k", "3", "--probe-steps", "20", "--device", "cpu"], log), log)
     result = json.loads(output.strip().splitlines()[-1])
     assert 0.0 <= result["knn_top1"] <= 1.0 and 0.0 <= result["linear_probe_top1"] <= 1.0
-    assert result["num_train_videos"] == 4 and result["num_val_videos"] == 2  # every video once, no padding
+    assert result["num_train_videos"] == 4 and result["num_test_videos"] == 2  # every video once, no padding
     assert result["checkpoint_step"] == 4 and result["objective"] == "moco" and result["k"] == 3
 
 
