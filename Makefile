@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= data/sample-k400
+# e.g. make demo DEMO_ARGS=--keep-serving (the page stays up until Ctrl-C)
+DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: all venv demo test bench bench-long clean
@@ -22,7 +24,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	$(BIN)/python -m clipserve.demo --root $(DEMO_DIR)
+	$(BIN)/python -m clipserve.demo --root $(DEMO_DIR) $(DEMO_ARGS)
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -5,7 +5,8 @@
 Steps: (1) build the sample dataset if it is missing, (2) index its train split, (3) start
 ``clipserve start`` in the background on a free loopback port, (4) run the trainer (ρSimCLR by default, tiny
 backbone) against the stream for ~30 s, (5) print throughput, save a contact sheet and print the
-inspect URL, then stop the service cleanly (``--keep-serving`` keeps it up until Ctrl-C). Each step
+command that serves the same page again, then stop the service cleanly (``--keep-serving`` keeps it
+up until Ctrl-C and prints its URL instead). Each step
 is a function ``step_x(state)`` listed in ``STEPS``; it reads and fills the shared
 :class:`DemoState`; the service is stopped on every exit path.
 """
@@ -93,11 +94,7 @@ def step_index(state: DemoState) -> None:
 
 def step_service(state: DemoState) -> None:
     """Start ``clipserve start`` in the background on a free loopback port; wait for its ready line."""
-    command = [sys.executable, "-m", "clipserve", "start", "--dataset", "k400", "--root", str(state.root),
-               "--port", "0", "--crop-size", str(state.crop_size_pixels), "--batch-size", str(state.batch_size),
-               "--num-clips", "2", "--frames-per-clip", "8", "--frame-stride", "8"]
-    if state.workers is not None:
-        command += ["--workers", str(state.workers)]
+    command = [sys.executable, "-m", "clipserve", "start", *serve_flags(state, port=0)]
     print("$ " + " ".join(command), flush=True)
     state.service = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + SERVICE_START_TIMEOUT_SECONDS
@@ -115,6 +112,14 @@ def step_service(state: DemoState) -> None:
             state.summary_lines.append(f"service  {state.url} ({line.split('(backend ')[-1].split(')')[0]} backend)")
             return
     raise DatasetError(f"the service did not become ready within {SERVICE_START_TIMEOUT_SECONDS} s")
+
+
+def serve_flags(state: DemoState, *, port: int) -> list[str]:
+    """The ``clipserve start`` flags of the demo's service (the same page and sheets on any ``port``)."""
+    flags = ["--dataset", "k400", "--root", str(state.root), "--port", str(port), "--crop-size",
+             str(state.crop_size_pixels), "--batch-size", str(state.batch_size), "--num-clips", "2",
+             "--frames-per-clip", "8", "--frame-stride", "8"]
+    return flags + (["--workers", str(state.workers)] if state.workers is not None else [])
 
 
 def step_trainer(state: DemoState) -> None:
@@ -148,8 +153,25 @@ def step_inspect(state: DemoState) -> None:
     sheet = state.output_dir / "clips-video0-epoch0.png"
     with urllib.request.urlopen(f"{state.url}/v1/videos/0/clips.png?epoch=0", timeout=120) as response:
         sheet.write_bytes(response.read())
-    state.summary_lines.append(f"inspect  {state.url}/  (plan JSON: {state.url}/v1/videos/0/plan?epoch=0)")
     state.summary_lines.append(f"sheet    {sheet} (one row per clip, its T augmented frames)")
+    state.summary_lines.extend(inspect_lines(state))
+
+
+INSPECT_PORT = 8000
+"""The port of the command printed to serve the demo's page again once the demo stopped."""
+
+
+def inspect_lines(state: DemoState) -> list[str]:
+    """Where to browse the plans and contact sheets: the live URL while the service keeps serving
+    (``--keep-serving``), else the command that serves the same page (the demo's service stops)."""
+    if state.keep_serving:
+        return [f"inspect  {state.url}/#video=0&epoch=0 (serving until Ctrl-C; plan JSON: "
+                f"{state.url}/v1/videos/0/plan?epoch=0)"]
+    command = " ".join([".venv/bin/clipserve", "start", *serve_flags(state, port=INSPECT_PORT)])
+    return ["inspect  the demo's service has stopped; to browse the same plans and contact sheets, run",
+            f"           {command}",
+            f"         and open http://127.0.0.1:{INSPECT_PORT}/#video=0&epoch=0 "
+            f"(or keep the demo's own service up: make demo DEMO_ARGS=--keep-serving)"]
 
 
 def _forward_lines(stream: Any) -> None:
@@ -225,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {line}")
     try:
         if state.keep_serving and state.service is not None:
-            print(f"\nserving at {state.url}/ until Ctrl-C", flush=True)
+            print(f"\nserving at {state.url}/ until Ctrl-C (Ctrl-C stops the service)", flush=True)
             state.service.wait()
     except KeyboardInterrupt:
         pass

@@ -192,6 +192,35 @@ def test_contact_sheet_timeline_shades_the_t_max_window(config, index) -> None: 
         assert outside and all(tuple(sheet[y, x]) == TIMELINE_TRACK for x in outside)
 
 
+def test_the_timeline_caption_follows_the_sampling_mode(config, index) -> None:  # noqa: ANN001
+    """Issue 23, item 14: centre sampling draws no start, so its caption says so (not "t_max global:
+    a clip may start anywhere"); one clip is "1 clip", not "1 clips"."""
+    from clipserve.inspect.render import describe_timeline, start_rule
+
+    record = index.records[0]
+    centre_one = plan(record, 0, 0, 11, SamplingConfig(num_clips=1, frames_per_clip=4, frame_stride=4,
+                                                        temporal_sampling="centre"), config.augment())
+    last_start = centre_one.duration_seconds - centre_one.clip_duration_seconds
+    first, second = describe_timeline(centre_one)
+    assert f"| 1 clip of {centre_one.clip_duration_seconds:.2f} s | starts at {last_start / 2:.2f} s" in first
+    assert second == (f"centre sampling, nothing drawn: the clip starts at the middle of the start range "
+                      f"0.00-{last_start:.2f} s (shaded)")
+    centre_three = plan(record, 0, 0, 11, SamplingConfig(num_clips=3, frames_per_clip=4, frame_stride=4,
+                                                          temporal_sampling="centre"), config.augment())
+    assert "clip c starts at (c + 1/2)/3 of the start range" in describe_timeline(centre_three)[1]
+    assert "| 3 clips of " in describe_timeline(centre_three)[0]
+    assert start_rule(centre_three).window_seconds == pytest.approx((0.0, last_start))
+    random_one = plan(record, 0, 0, 11, SamplingConfig(num_clips=1, frames_per_clip=4, frame_stride=4), config.augment())
+    assert describe_timeline(random_one)[1].startswith("t_max global: the clip may start anywhere in 0.00-")
+    random_two = plan(record, 0, 0, 11, SamplingConfig(num_clips=2, frames_per_clip=4, frame_stride=4), config.augment())
+    assert describe_timeline(random_two)[1].startswith("t_max global: a clip may start anywhere in 0.00-")
+    assert "| 2 clips of " in describe_timeline(random_two)[0] and "starts span" in describe_timeline(random_two)[0]
+    # a mode without its own entry (as a new one would be before it adds it) still gets a sheet caption
+    other = centre_three.model_copy(update={"sampling": centre_three.sampling.model_copy(
+        update={"temporal_sampling": "uniform"})})
+    assert start_rule(other).caption.startswith("uniform sampling: starts within 0.00-")
+
+
 @pytest.mark.parametrize(
     ("path", "status"),
     [

@@ -390,3 +390,22 @@ def test_cli_text_summary_and_errors(k400_root: Path, tmp_path: Path, capsys: py
     assert "does not exist" in capsys.readouterr().err
     assert main(["index", "--root", str(k400_root), "--workers", "-1"]) == 2
     assert "workers (-1) must be >= 0" in capsys.readouterr().err
+
+
+def test_plan_cli_says_what_it_wrote_and_shows_the_index_once(k400_root: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23, item 16: ``clipserve plan --frames-out/--clips-out`` names what it wrote where, and a
+    cached index is one line, not a 100% bar drawn twice."""
+    assert main(["index", "--root", str(k400_root), "--workers", "0", "--no-progress"]) == 0  # cached now
+    capsys.readouterr()
+    frames, clips = tmp_path / "frames", tmp_path / "clips"
+    assert main(["plan", "--root", str(k400_root), "--video", "0", "--num-clips", "2", "--frames-per-clip", "2",
+                 "--frame-stride", "2", "--crop-size", "16", "--frames-out", str(frames), "--clips-out", str(clips)]) == 0
+    captured = capsys.readouterr()
+    json.loads(captured.out)  # stdout is the plan's JSON alone
+    err = captured.err.splitlines()
+    assert err[0] == "index k400/train: 3 videos, all from the cache" and "100%" not in captured.err
+    assert len(list(frames.glob("*.png"))) == 4 and len(list(clips.glob("*.png"))) == 4
+    assert f"clipserve plan: wrote 4 decoded frames before augmentation (48x64 px) to {frames}/ as " \
+           "clip{c}_frame{index:06d}.png" in err  # video 0 is the rotated one: 48x64 on screen
+    assert f"clipserve plan: wrote 4 augmented frames (16x16 px, 2 clips of 2) to {clips}/ as clip{{c}}_t{{t}}.png" in err

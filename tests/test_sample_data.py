@@ -321,8 +321,17 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path: Path, capsys: pytest.Captur
     out = capsys.readouterr().out
     assert "[1/" in out and "made 4 of 4 videos" in out and "demo done" in out
     assert "serving" in out and "ρSimCLR steps" in out and "clips/s since start" in out
-    url = re.search(r"inspect  (http://127\.0\.0\.1:\d+)/", out)
+    url = re.search(r"service  (http://127\.0\.0\.1:\d+) ", out)
     assert url, out
+    # the service stops with the demo: no URL of it under "inspect", but the command that serves the same page
+    assert f"inspect  {url.group(1)}" not in out and "inspect  the demo's service has stopped" in out
+    command = re.search(r"^ +(\.venv/bin/clipserve start .*)$", out, re.MULTILINE)
+    assert command, out
+    from clipserve.cli import build_parser
+
+    served = build_parser().parse_args(command.group(1).split()[1:])
+    assert (served.command, served.root, served.port, served.crop_size_pixels) == ("start", tmp_path / "demo", 8000, 32)
+    assert "open http://127.0.0.1:8000/#video=0&epoch=0" in out and "DEMO_ARGS=--keep-serving" in out
     with Image.open(out_dir / "clips-video0-epoch0.png") as sheet:
         assert sheet.width > 0 and sheet.height > 0
     assert (out_dir / "trainer" / "metrics.jsonl").read_text().strip()

@@ -163,5 +163,19 @@ def test_eval_against_eval_mode_services_gives_a_knn_accuracy(
                                  "--val-server", val.url, "--k", "3", "--probe-steps", "20", "--device", "cpu"], log), log)
     result = json.loads(output.strip().splitlines()[-1])
     assert 0.0 <= result["knn_top1"] <= 1.0 and 0.0 <= result["linear_probe_top1"] <= 1.0
-    assert result["num_train_videos"] == 4 and result["num_val_videos"] == 2  # every video once, no padding
+    assert result["num_train_videos"] == 4 and result["num_test_videos"] == 2  # every video once, no padding
     assert result["checkpoint_step"] == 4 and result["objective"] == "moco" and result["k"] == 3
+
+
+def test_training_against_a_one_clip_service_is_a_one_line_error(dataset_root: Path, tmp_path: Path) -> None:
+    """Issue 23, item 6: a service started with ``--num-clips 1`` is refused at attach time, naming
+    the flag to change, instead of a traceback from inside the objective."""
+    with running_service(dataset_root, tmp_path / "one-clip.log", extra_args=["--num-clips", "1"]) as service:
+        result = subprocess.run([sys.executable, "-m", "trainer", "--objective", "moco", "--server", service.url,
+                                 "--max-steps", "2", "--checkpoint-dir", str(tmp_path / "out"), *TRAINER_FLAGS],
+                                capture_output=True, text=True, cwd=REPO_ROOT, env=_env(), timeout=PROCESS_TIMEOUT_SECONDS)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {service.url} serves ρ=1 clip(s) per video, and the objectives need ρ >= 2 positives: "
+                      "restart the service with --num-clips 2 or more (clipserve start ... --num-clips 2)"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -135,8 +136,16 @@ def test_cli_trains_logs_and_evaluates(tmp_path, capsys):
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
     # the evaluation CLI, in-process (saves a second interpreter start on a loaded machine)
     assert eval_main(["--checkpoint", str(out), "--server", "synthetic", "--k", "5", "--probe-steps", "20"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["num_train_videos"] + result["num_val_videos"] == 16 and 0.0 <= result["knn_top1"] <= 1.0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["num_train_videos"] + result["num_test_videos"] == 16 and 0.0 <= result["knn_top1"] <= 1.0
+    # accuracies over 4 test videos resolve quarters: printed as such, not as 0.25000000372529
+    for key in ("knn_top1", "linear_probe_top1"):
+        assert (result[key] * result["num_test_videos"]).is_integer() and len(repr(result[key])) <= 5, result
+    # progress on stderr: what is extracted, counts and rate, then what is fitted
+    assert "[eval] --server (80% train, 20% test): extracting features" in captured.err
+    assert re.search(r"\[eval\] --server \(80% train, 20% test\): 16 videos in [\d.]+ s \([\d.]+ videos/s\)", captured.err)
+    assert "[eval] kNN (k=5) and linear probe (20 steps) on 12 train and 4 test videos" in captured.err
     assert result["checkpoint_step"] == 3 and result["knn_weighting"] == "temperature"
 
 
@@ -207,3 +216,12 @@ def test_a_gpu_sized_backbone_on_the_cpu_is_warned_about(tmp_path, capsys):
                                                   "checkpoint_dir": str(tmp_path / "tiny")})
     train(tiny, SyntheticClipStream(**source))
     assert "is running on the CPU" not in capsys.readouterr().err
+
+
+def test_eval_rounds_an_accuracy_to_what_its_count_resolves():
+    from trainer.eval import round_to_resolution
+
+    assert round_to_resolution(0.20000000298023224, 5) == 0.2
+    assert round_to_resolution(3 / 16, 16) == 0.188  # 16 videos: steps of 0.0625, 3 decimals tell them apart
+    assert round_to_resolution(1 / 3, 3) == 0.33
+    assert round_to_resolution(1234 / 3783, 3783) == 0.3262  # 0.326196…: 5 decimals for 1/3783

@@ -86,7 +86,7 @@ def test_trainer_eval_runs_knn_and_linear_probe_on_a_ucf101_split(ucf101: Path, 
     result = json.loads(done.stdout.strip().splitlines()[-1])
     train = build_index(ucf101, dataset="ucf101", split="train", split_id=3, workers=0, progress=False)
     test = build_index(ucf101, dataset="ucf101", split="test", split_id=3, workers=0, progress=False)
-    assert result["num_train_videos"] == len(train.records) and result["num_val_videos"] == len(test.records)
+    assert result["num_train_videos"] == len(train.records) and result["num_test_videos"] == len(test.records)
     assert 0.0 <= result["knn_top1"] <= 1.0 and 0.0 <= result["linear_probe_top1"] <= 1.0
     assert (result["dataset"], result["split_id"], result["test_split"]) == ("ucf101", 3, "test")
 

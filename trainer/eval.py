@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
+import time
 from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
@@ -96,20 +98,48 @@ def linear_probe_accuracy(
         return float((layer(xte).argmax(1) == test_labels).float().mean())
 
 
+PROGRESS_INTERVAL_SECONDS = 5.0
+"""While features are extracted, one progress line on stderr per this many seconds."""
+
+
+def say(message: str) -> None:
+    """A progress line on stderr (stdout holds only the result's JSON line)."""
+    print(f"[eval] {message}", file=sys.stderr, flush=True)
+
+
+def round_to_resolution(fraction: float, num_samples: int) -> float:
+    """``fraction`` (an accuracy over ``num_samples``) rounded to what that count resolves: steps of
+    ``1 / num_samples`` need ``ceil(log10(num_samples)) + 1`` decimals (16 videos: 3 decimals,
+    0.1875 → 0.188; 0.20000000298 from float32 → 0.2)."""
+    decimals = max(2, math.ceil(math.log10(max(num_samples, 1))) + 1)
+    return round(float(fraction), decimals)
+
+
 @torch.no_grad()
 def extract_features(
     features_fn: Any, batches: Iterable, device: torch.device | str = "cpu", max_batches: int | None = None,
+    *, progress_label: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One epoch of ``batches`` → per-video features (N, F), labels (N,), video indices (N,).
 
     Reads until ``epoch`` changes (or the iterable ends / ``max_batches``), skips ``is_padding``
     entries and repeated videos, and averages the backbone features over each video's ρ clips.
-    ``features_fn`` maps normalised clips (N, C, T, H, W) → (N, F).
+    ``features_fn`` maps normalised clips (N, C, T, H, W) → (N, F). With ``progress_label``, says
+    on stderr every ``PROGRESS_INTERVAL_SECONDS`` how many videos are done and at what rate, and
+    once at the end.
     """
     feats, labels, videos = [], [], []
     seen: set[int] = set()
     first_epoch = None
+    started = next_report = time.monotonic()
+    if progress_label is not None:
+        say(f"{progress_label}: extracting features (one pass over the split) ...")
     for i, batch in enumerate(batches):
+        if progress_label is not None and time.monotonic() >= next_report + PROGRESS_INTERVAL_SECONDS:
+            next_report = time.monotonic()
+            elapsed = next_report - started
+            say(f"{progress_label}: {len(seen)} videos in {elapsed:.0f} s ({len(seen) / elapsed:.1f} videos/s), "
+                f"batch {i}")
         if first_epoch is None:
             first_epoch = batch.epoch
         if batch.epoch != first_epoch or (max_batches is not None and i >= max_batches):
@@ -127,6 +157,9 @@ def extract_features(
         seen.update(int(v) for v in videos[-1])
     if not feats:
         raise ValueError("the evaluation stream produced no (non-padding) videos")
+    if progress_label is not None:
+        elapsed = max(time.monotonic() - started, 1e-9)
+        say(f"{progress_label}: {len(seen)} videos in {elapsed:.1f} s ({len(seen) / elapsed:.1f} videos/s)")
     return torch.cat(feats), torch.cat(labels), torch.cat(videos)
 
 
@@ -173,10 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         model.load_state_dict(ckpt["model"])
         model.to(device).eval()
 
-        def split(server: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        def split(server: str, label: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             source = make_source(dataclasses.replace(config, server=server), rank=0, world_size=1)
             try:
-                return extract_features(model.features, source, device, args.max_batches)
+                return extract_features(model.features, source, device, args.max_batches, progress_label=label)
             finally:
                 if hasattr(source, "close"):
                     source.close()
@@ -188,23 +221,35 @@ def main(argv: list[str] | None = None) -> int:
                 view = EvalView(frames_per_clip=args.frames_per_clip, frame_stride=args.frame_stride,
                                 crop_size_pixels=args.crop_size, batch_size=args.batch_size,
                                 workers=args.service_workers, backend=args.backend)
+                say(f"starting clipserve for {args.dataset} {args.train_split} and {test_split} at {args.root} "
+                    f"(a first run indexes every video: minutes on a full dataset) ...")
                 server, val_server = stack.enter_context(
                     eval_services(args.dataset, args.root, [args.train_split, test_split], args.split_id, view))
-            f_tr, y_tr, v_tr = split(server)
+            if args.dataset is not None:
+                labels = (args.train_split, test_split)
+            else:
+                labels = ("--server (train)", "--val-server (test)") if val_server else (
+                    "--server (80% train, 20% test)", "")
+            f_tr, y_tr, v_tr = split(server, labels[0])
             if val_server:
-                f_te, y_te, _ = split(val_server)
+                f_te, y_te, _ = split(val_server, labels[1])
             else:
                 is_val = v_tr % 5 == 0
                 f_tr, y_tr, f_te, y_te = f_tr[~is_val], y_tr[~is_val], f_tr[is_val], y_tr[is_val]
         if int(y_tr.min()) < 0 or int(y_te.min()) < 0:
             raise ValueError("a split has unlabelled videos (label -1, e.g. ssv2's test split): evaluate on "
                              "labelled splits (ssv2: --test-split val)")
-        result = {
-            "knn_top1": knn_accuracy(f_tr, y_tr, f_te, y_te, k=args.k, temperature=args.knn_temperature,
-                                     weighting=args.knn_weighting),
-            "linear_probe_top1": linear_probe_accuracy(f_tr, y_tr, f_te, y_te, steps=args.probe_steps),
+        num_test = int(f_te.shape[0])
+        say(f"kNN (k={args.k}) and linear probe ({args.probe_steps} steps) on {int(f_tr.shape[0])} train and "
+            f"{num_test} test videos ...")
+        knn = knn_accuracy(f_tr, y_tr, f_te, y_te, k=args.k, temperature=args.knn_temperature,
+                           weighting=args.knn_weighting)
+        probe = linear_probe_accuracy(f_tr, y_tr, f_te, y_te, steps=args.probe_steps)
+        result = {  # accuracies over num_test_videos: rounded to the 1/num_test_videos they resolve
+            "knn_top1": round_to_resolution(knn, num_test),
+            "linear_probe_top1": round_to_resolution(probe, num_test),
             "k": args.k, "knn_weighting": args.knn_weighting, "knn_temperature": args.knn_temperature,
-            "num_train_videos": int(f_tr.shape[0]), "num_val_videos": int(f_te.shape[0]),
+            "num_train_videos": int(f_tr.shape[0]), "num_test_videos": num_test,
             "checkpoint_step": int(ckpt["step"]), "objective": config.objective, "backbone": config.backbone,
         }
         if args.dataset is not None:

@@ -91,6 +91,13 @@ def weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def check_num_clips(num_clips: int, where: str) -> None:
+    """Every objective compares ρ >= 2 clips of a video: a ``ConfigError`` naming the flag otherwise."""
+    if num_clips < 2:
+        raise ConfigError(f"{where} serves ρ={num_clips} clip(s) per video, and the objectives need ρ >= 2 "
+                          f"positives: restart the service with --num-clips 2 or more (clipserve start ... --num-clips 2)")
+
+
 CPU_SIZED_BACKBONES = ("tiny",)
 """Backbones a CPU trains at a useful pace; the others are GPU-sized (a warning says so on the CPU)."""
 
@@ -180,6 +187,8 @@ def _train(config: TrainConfig, source: Iterable) -> TrainResult:
         if len(checkpoint["per_rank"]) != ctx.world_size:  # other world size: keep only the position
             stream_state = {"epoch": stream_state["epoch"], "step": stream_state["step"]}
         source.load_state_dict(stream_state)
+    if hasattr(source, "layout"):  # a ClipStream: ρ is known at attach time, before any batch is decoded
+        check_num_clips(source.layout.clips_shape[1], getattr(source, "url", "the service"))
     batch_iter = iter(source)
     wait_start = time.perf_counter()
     batch = next(batch_iter, None)
@@ -187,6 +196,7 @@ def _train(config: TrainConfig, source: Iterable) -> TrainResult:
     if batch is None:
         raise ConfigError("the batch source produced no batches")
     num_clips = batch.clips.shape[1]  # ρ, fixed by the service
+    check_num_clips(num_clips, getattr(source, "url", "the batch source"))
     if checkpoint is not None and checkpoint["num_clips"] != num_clips:
         raise ConfigError(f"the checkpoint was trained with ρ={checkpoint['num_clips']} clips per video, the stream has ρ={num_clips}")
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -81,10 +82,19 @@ def run(args: argparse.Namespace) -> int:
             for frame_index in clip.frame_indices:
                 Image.fromarray(frames[position]).save(args.frames_out / f"clip{clip.clip_index}_frame{frame_index:06d}.png")
                 position += 1
+        _wrote(position, f"decoded frames before augmentation ({frames.shape[2]}x{frames.shape[1]} px)",
+               args.frames_out, "clip{c}_frame{index:06d}.png")
     if args.clips_out is not None:
         args.clips_out.mkdir(parents=True, exist_ok=True)
         clips = executor.execute_plan(path, clip_plan)  # (ρ, C, T, S, S)
         for c in range(clips.shape[0]):
             for t in range(clips.shape[2]):
                 Image.fromarray(np.ascontiguousarray(clips[c, :, t].transpose(1, 2, 0))).save(args.clips_out / f"clip{c}_t{t}.png")
+        _wrote(clips.shape[0] * clips.shape[2], f"augmented frames ({clips.shape[4]}x{clips.shape[3]} px, "
+               f"{clips.shape[0]} clips of {clips.shape[2]})", args.clips_out, "clip{c}_t{t}.png")
     return 0
+
+
+def _wrote(count: int, what: str, folder: Path, pattern: str) -> None:
+    """Say on stderr what was written where (stdout holds only the plan's JSON)."""
+    print(f"clipserve plan: wrote {count} {what} to {folder}/ as {pattern}", file=sys.stderr, flush=True)

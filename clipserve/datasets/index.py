@@ -502,8 +502,10 @@ def build_index(
         num_workers = _default_workers() if workers is None else workers
         num_workers = min(num_workers, len(todo)) if num_workers else 0
         stats = BuildStats(num_reused=len(present) - len(todo), num_dropped=len(stale), workers=num_workers)
+        if progress and not todo:  # nothing to probe: one line, not a bar drawn at 100% and again on close
+            print(f"index {dataset}/{label}: {len(present)} videos, all from the cache", file=sys.stderr, flush=True)
         with tqdm(total=len(present), initial=stats.num_reused, desc=f"index {dataset}/{label}", unit="video",
-                  disable=not progress, file=sys.stderr, dynamic_ncols=True, smoothing=0.05) as bar:
+                  disable=not (progress and todo), file=sys.stderr, dynamic_ncols=True, smoothing=0.05) as bar:
             if todo:
                 probe_started = time.monotonic()
                 paths = [root_path / entry.relative_path for entry, _, _ in todo]

@@ -20,12 +20,17 @@ Below the rows, a timeline strip (``timeline_geometry``) shows where the ρ clip
     |  clip 0  [        ####                   :                  ]                       |
     |  clip 1  [                      ####     :                  ]  <- [start, end) per clip,
     |          0 s     2 s     4 s     6 s     8 s     10 s          shaded: the t_max window
+
+The second line and the shaded window follow the plan's ``temporal_sampling``: each mode has its
+entry in ``START_RULES`` (``random``: the t_max window, or every possible start when global;
+``centre``: no draw, the start range each clip's fixed start is placed in). A new mode adds its own.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -249,19 +254,61 @@ def _tick_step_seconds(duration_seconds: float) -> float:
     return duration_seconds / 8
 
 
-def describe_timeline(plan: ClipPlan) -> tuple[str, str]:
-    """The strip's two title lines (ASCII): video and clip lengths, then t_max and its window."""
-    duration = timeline_duration_seconds(plan)
+@dataclass(frozen=True)
+class StartRule:
+    """How a ``temporal_sampling`` mode placed the clip starts, as the timeline shows it."""
+
+    caption: str
+    """The strip's second title line (ASCII)."""
+    window_seconds: tuple[float, float]
+    """``[left, right]`` seconds shaded on every lane."""
+
+
+def _random_starts(plan: ClipPlan) -> StartRule:
     left, right = t_max_window_seconds(plan)
-    starts = [c.start_seconds for c in plan.clips]
     t_max = plan.sampling.max_span_seconds
-    first = (f"timeline | video {duration:.2f} s | {len(plan.clips)} clips of {plan.clip_duration_seconds:.2f} s"
-             f" | starts span {max(starts) - min(starts):.2f} s")
     if t_max is None:
-        second = f"t_max global: a clip may start anywhere in 0.00-{right:.2f} s (shaded)"
+        subject = "the clip" if len(plan.clips) == 1 else "a clip"
+        return StartRule(f"t_max global: {subject} may start anywhere in 0.00-{right:.2f} s (shaded)", (left, right))
+    return StartRule(f"t_max {t_max:.2f} s: every clip starts in {left:.2f}-{right:.2f} s (shaded)", (left, right))
+
+
+def _centre_starts(plan: ClipPlan) -> StartRule:
+    last_start = max(0.0, timeline_duration_seconds(plan) - plan.clip_duration_seconds)
+    if len(plan.clips) == 1:
+        placed = "the clip starts at the middle"
     else:
-        second = f"t_max {t_max:.2f} s: every clip starts in {left:.2f}-{right:.2f} s (shaded)"
-    return first, second
+        placed = f"clip c starts at (c + 1/2)/{len(plan.clips)}"
+    return StartRule(f"centre sampling, nothing drawn: {placed} of the start range 0.00-{last_start:.2f} s (shaded)",
+                     (0.0, last_start))
+
+
+START_RULES: dict[str, Callable[[ClipPlan], StartRule]] = {"random": _random_starts, "centre": _centre_starts}
+"""One caption-and-window rule per ``SamplingConfig.temporal_sampling`` mode."""
+
+
+def start_rule(plan: ClipPlan) -> StartRule:
+    """The rule of ``plan``'s sampling mode; a mode without an entry in ``START_RULES`` gets a plain
+    one naming the mode and the start range (a sheet is never refused for want of a caption)."""
+    rule = START_RULES.get(plan.sampling.temporal_sampling)
+    if rule is not None:
+        return rule(plan)
+    last_start = max(0.0, timeline_duration_seconds(plan) - plan.clip_duration_seconds)
+    return StartRule(f"{plan.sampling.temporal_sampling} sampling: starts within 0.00-{last_start:.2f} s (shaded)",
+                     (0.0, last_start))
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def describe_timeline(plan: ClipPlan) -> tuple[str, str]:
+    """The strip's two title lines (ASCII): video and clip lengths, then how the starts were placed."""
+    duration = timeline_duration_seconds(plan)
+    starts = [c.start_seconds for c in plan.clips]
+    first = f"timeline | video {duration:.2f} s | {_count(len(plan.clips), 'clip')} of {plan.clip_duration_seconds:.2f} s"
+    first += f" | starts span {max(starts) - min(starts):.2f} s" if len(starts) > 1 else f" | starts at {starts[0]:.2f} s"
+    return first, start_rule(plan).caption
 
 
 def draw_timeline(image: Image.Image, plan: ClipPlan, geometry: TimelineGeometry) -> None:
@@ -270,7 +317,7 @@ def draw_timeline(image: Image.Image, plan: ClipPlan, geometry: TimelineGeometry
     draw = ImageDraw.Draw(image)
     font = _font()
     g = geometry
-    first, second = describe_timeline(plan)
+    first, second = describe_timeline(plan)  # the window below is the one the caption names
     draw.text((MARGIN_PIXELS, g.top_pixels + 3), first, fill=TEXT, font=font)
     draw.text((MARGIN_PIXELS, g.top_pixels + 17), second, fill=T_MAX_EDGE, font=font)
     left, right = g.bar_left_pixels, g.bar_right_pixels
@@ -280,7 +327,7 @@ def draw_timeline(image: Image.Image, plan: ClipPlan, geometry: TimelineGeometry
         top = g.lane_top_pixels(c)
         draw.rectangle((left, top, right, top + TIMELINE_LANE_HEIGHT_PIXELS - 1), fill=TIMELINE_TRACK)
         draw.text((MARGIN_PIXELS, top - 1), f"clip {plan.clips[c].clip_index}", fill=clip_color(c), font=font)
-    w_left, w_right = (g.x_of(t) for t in t_max_window_seconds(plan))
+    w_left, w_right = (g.x_of(t) for t in start_rule(plan).window_seconds)
     lanes_top, lanes_bottom = g.lane_top_pixels(0), g.lanes_bottom_pixels - 1
     if w_right > w_left:
         draw.rectangle((w_left, lanes_top, w_right, lanes_bottom), fill=T_MAX_WINDOW)

@@ -176,6 +176,31 @@ function tMaxWindow(plan, duration) {
   const left = Math.max(0, Math.min(earliest, lastStart - tMax));
   return [left, left + tMax];
 }
+// How each temporal_sampling mode placed the starts: caption and shaded window (render.py START_RULES).
+const START_RULES = {
+  random(plan, duration) {
+    const [left, right] = tMaxWindow(plan, duration);
+    const tMax = plan.sampling.max_span_seconds;
+    if (tMax === null || tMax === undefined) {
+      return {window: [left, right], caption: "t_max global: " + (plan.clips.length === 1 ? "the clip" : "a clip") +
+              " may start anywhere in 0.00–" + right.toFixed(2) + " s (shaded)"};
+    }
+    return {window: [left, right], caption: "t_max " + tMax.toFixed(2) + " s: every clip starts in " +
+            left.toFixed(2) + "–" + right.toFixed(2) + " s (shaded)"};
+  },
+  centre(plan, duration) {
+    const lastStart = Math.max(0, duration - plan.clip_duration_seconds);
+    const placed = plan.clips.length === 1 ? "the clip starts at the middle"
+                                           : "clip c starts at (c + 1/2)/" + plan.clips.length;
+    return {window: [0, lastStart], caption: "centre sampling, nothing drawn: " + placed +
+            " of the start range 0.00–" + lastStart.toFixed(2) + " s (shaded)"};
+  },
+};
+function startRule(plan, duration) {
+  const rule = START_RULES[plan.sampling.temporal_sampling];
+  return rule ? rule(plan, duration)
+              : {window: [0, 0], caption: "temporal sampling " + plan.sampling.temporal_sampling};
+}
 function tickStep(duration) {
   for (const step of [0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600]) {
     if (duration / step <= 8) return step;
@@ -194,17 +219,17 @@ function span(className, startSeconds, endSeconds, duration) {
 }
 function drawTimeline(plan) {
   const duration = timelineDuration(plan);
-  const [wLeft, wRight] = tMaxWindow(plan, duration);
+  const rule = startRule(plan, duration);
+  const [wLeft, wRight] = rule.window;
   const starts = plan.clips.map(c => c.start_seconds);
-  const tMax = plan.sampling.max_span_seconds;
   const box = document.getElementById("timeline");
   box.dataset.durationSeconds = duration;
   document.getElementById("timeline-title").textContent = "timeline: video " + duration.toFixed(2) + " s · " +
-    plan.clips.length + " clips of " + plan.clip_duration_seconds.toFixed(2) + " s · starts span " +
-    (Math.max(...starts) - Math.min(...starts)).toFixed(2) + " s";
-  document.getElementById("timeline-tmax").textContent = (tMax === null || tMax === undefined)
-    ? "t_max global: a clip may start anywhere in 0.00–" + wRight.toFixed(2) + " s (shaded)"
-    : "t_max " + tMax.toFixed(2) + " s: every clip starts in " + wLeft.toFixed(2) + "–" + wRight.toFixed(2) + " s (shaded)";
+    plan.clips.length + (plan.clips.length === 1 ? " clip of " : " clips of ") +
+    plan.clip_duration_seconds.toFixed(2) + " s · " + (starts.length > 1
+      ? "starts span " + (Math.max(...starts) - Math.min(...starts)).toFixed(2) + " s"
+      : "starts at " + starts[0].toFixed(2) + " s");
+  document.getElementById("timeline-tmax").textContent = rule.caption;
   const lanes = document.getElementById("timeline-lanes");
   lanes.replaceChildren();
   plan.clips.forEach((clip, c) => {
