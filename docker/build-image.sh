@@ -12,8 +12,8 @@
 #   IMAGE                image to build (default: localhost/clipserve:latest)
 #   BASE_IMAGE           base image (default: localhost/clipserve-base:bookworm, made here if absent)
 #   TORCH_INDEX_URL      torch wheel index (default: file:///opt/pypi-more/simple)
-#   PIP_EXTRA_INDEX_URL  more indexes (default: the host's `pip config get global.extra-index-url`,
-#                        then https://pypi.org/simple)
+#   PIP_EXTRA_INDEX_URL  more indexes (default: https://pypi.org/simple, then the host's
+#                        `pip config get global.extra-index-url`)
 #   CA_BUNDLE            CA bundle for pip (default: /etc/ssl/certs/ca-certificates.crt)
 #   DEBIAN_MIRROR        debootstrap mirror (default: http://deb.debian.org/debian)
 #
@@ -26,8 +26,9 @@ IMAGE=${IMAGE:-localhost/clipserve:latest}
 LOCAL_BASE=localhost/clipserve-base:bookworm
 BASE_IMAGE=${BASE_IMAGE:-$LOCAL_BASE}
 TORCH_INDEX_URL=${TORCH_INDEX_URL:-file:///opt/pypi-more/simple}
-# local indexes first (pip takes the first of equal candidates), PyPI for what they lack
-PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL-$(pip config get global.extra-index-url 2>/dev/null || true) https://pypi.org/simple}
+# PyPI for what the local indexes lack; listed first, because among equal wheels pip takes the one
+# of the last index listed, so torch and the CUDA wheels come from the local disk
+PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL-https://pypi.org/simple $(pip config get global.extra-index-url 2>/dev/null || true)}
 CA_BUNDLE=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 

@@ -409,7 +409,8 @@ def test_one_health_check_start_period() -> None:
                 if probe:
                     periods[f"{path.name}: {container['name']}"] = probe["periodSeconds"] * probe["failureThreshold"]
     periods["clipserve.sbatch"] = int(re.search(r"HEALTH_TIMEOUT_SECONDS:-(\d+)", SBATCH.read_text()).group(1))
-    for found in re.findall(r"start period of (\d+) s", (ROOT / "docs" / "docker.md").read_text()):
+    docs = (ROOT / "docs" / "docker.md").read_text()
+    for found in re.findall(r"start[\s_-]+period(?:\s+of|:|=)\s*(\d+)\s*s\b", docs):
         periods.setdefault("docs/docker.md", int(found))
         assert int(found) == periods["docs/docker.md"]
     assert len(periods) == 6, periods
