@@ -2,18 +2,17 @@
 # Build docker/Dockerfile with buildah, without a container registry: `make image` runs this.
 #
 # The base image is Debian bookworm made with `debootstrap --variant=minbase` (built once, then
-# reused), and torch/torchvision come from the wheel index given by TORCH_INDEX_URL (default: this
-# machine's local index, /opt/pypi-more/simple). Every file:// index is mounted read-only into the
-# build, and the host's CA bundle is given to pip (PIP_CERT), so pip works behind the same proxy as
-# on the host. On a host with Docker and registry access, plain `docker build -f docker/Dockerfile .`
+# reused), and the wheels come from this machine's local indexes (the host's pip config), then PyPI
+# for what they lack. Every file:// index is mounted read-only into the build, and the host's CA
+# bundle is given to pip (PIP_CERT), so pip works behind the same proxy as on the host. On a host with Docker and registry access, plain `docker build -f docker/Dockerfile .`
 # uses the CUDA base image and the CUDA wheels instead (docs/docker.md).
 #
 # Environment (all optional):
 #   IMAGE                image to build (default: localhost/clipserve:latest)
 #   BASE_IMAGE           base image (default: localhost/clipserve-base:bookworm, made here if absent)
-#   TORCH_INDEX_URL      torch wheel index (default: file:///opt/pypi-more/simple)
-#   PIP_EXTRA_INDEX_URL  more indexes (default: https://pypi.org/simple, then the host's
-#                        `pip config get global.extra-index-url`)
+#   TORCH_INDEX_URL      torch wheel index (default: https://pypi.org/simple)
+#   PIP_EXTRA_INDEX_URL  more indexes (default: the host's `pip config get global.extra-index-url`,
+#                        here file:///opt/pypi/simple file:///opt/pypi-more/simple)
 #   CA_BUNDLE            CA bundle for pip (default: /etc/ssl/certs/ca-certificates.crt)
 #   DEBIAN_MIRROR        debootstrap mirror (default: http://deb.debian.org/debian)
 #
@@ -25,10 +24,12 @@ cd "$(dirname "$0")/.."
 IMAGE=${IMAGE:-localhost/clipserve:latest}
 LOCAL_BASE=localhost/clipserve-base:bookworm
 BASE_IMAGE=${BASE_IMAGE:-$LOCAL_BASE}
-TORCH_INDEX_URL=${TORCH_INDEX_URL:-file:///opt/pypi-more/simple}
-# PyPI for what the local indexes lack; listed first, because among equal wheels pip takes the one
-# of the last index listed, so torch and the CUDA wheels come from the local disk
-PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL-https://pypi.org/simple $(pip config get global.extra-index-url 2>/dev/null || true)}
+# torch from PyPI's own index (its Linux wheels are the CUDA build), and this machine's local
+# indexes as extra ones: among equal wheels pip takes the one of the index listed last, so every
+# wheel that lies on the local disk (torch, torchvision, the CUDA libraries) comes from there, and
+# PyPI gives only what the local indexes lack
+TORCH_INDEX_URL=${TORCH_INDEX_URL:-https://pypi.org/simple}
+PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL-$(pip config get global.extra-index-url 2>/dev/null || true)}
 CA_BUNDLE=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
