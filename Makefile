@@ -9,7 +9,7 @@ DEMO_DIR ?= data/sample-k400
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: all venv demo test bench bench-long clean
+.PHONY: all venv demo test bench bench-long image clean
 
 all: venv
 
@@ -43,6 +43,12 @@ bench-long: venv
 	$(BIN)/python benchmarks/learning.py --quick
 	$(BIN)/python benchmarks/load.py
 	$(BIN)/python benchmarks/memory.py
+
+# the container image (docker/Dockerfile) built with buildah and run once inside (as root; minutes and ~12 GB;
+# not part of `make test`): a debootstrap base and this machine's wheel indexes, see docs/docker.md
+image:
+	bash docker/build-image.sh
+	bash docker/smoke-image.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
