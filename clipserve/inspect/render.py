@@ -104,6 +104,18 @@ def describe_augment(params: AugmentParams) -> str:
     return " | ".join(parts)
 
 
+SPATIAL_CROP_NAMES = ("start", "centre", "end")
+"""Names of the three spatial crops of the multi-view test, along the long side."""
+
+
+def clip_label(plan: ClipPlan, row: int) -> str:
+    """Row label: ``clip c``, or for the multi-view test (3 spatial crops) ``view v = clip k, crop NAME``."""
+    spec = plan.clips[row]
+    if plan.sampling.spatial_crops == 1:
+        return f"clip {spec.clip_index}"
+    return f"view {spec.clip_index} = clip {spec.temporal_index}, crop {SPATIAL_CROP_NAMES[spec.spatial_index]}"
+
+
 def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=11)
@@ -133,7 +145,7 @@ def render_contact_sheet(plan: ClipPlan, clips: np.ndarray) -> Image.Image:
     font = _font()
     for row, spec in enumerate(plan.clips):
         header_top = MARGIN_PIXELS + row * geometry.row_height_pixels
-        header = f"clip {spec.clip_index} | start {spec.start_seconds:.2f} s | {describe_augment(spec.augment)}"
+        header = f"{clip_label(plan, row)} | start {spec.start_seconds:.2f} s | {describe_augment(spec.augment)}"
         draw.text((MARGIN_PIXELS, header_top + 2), header, fill=TEXT, font=font)
         for t in range(frames_per_clip):
             frame = np.ascontiguousarray(clips[row, :, t].transpose(1, 2, 0))  # (S, S, 3)
@@ -257,7 +269,11 @@ def describe_timeline(plan: ClipPlan) -> tuple[str, str]:
     t_max = plan.sampling.max_span_seconds
     first = (f"timeline | video {duration:.2f} s | {len(plan.clips)} clips of {plan.clip_duration_seconds:.2f} s"
              f" | starts span {max(starts) - min(starts):.2f} s")
-    if t_max is None:
+    if plan.sampling.temporal_sampling == "uniform":
+        k, crops = plan.sampling.num_clips, plan.sampling.spatial_crops
+        views = f", {crops} crops each: {k * crops} views" if crops > 1 else ""
+        second = f"multi-view test: {k} clips evenly spaced, clip k starts at k/{k} of 0.00-{right:.2f} s{views}"
+    elif t_max is None:
         second = f"t_max global: a clip may start anywhere in 0.00-{right:.2f} s (shaded)"
     else:
         second = f"t_max {t_max:.2f} s: every clip starts in {left:.2f}-{right:.2f} s (shaded)"
@@ -279,7 +295,8 @@ def draw_timeline(image: Image.Image, plan: ClipPlan, geometry: TimelineGeometry
     for c in range(len(plan.clips)):  # the lanes' tracks, then the window over them, then the clips
         top = g.lane_top_pixels(c)
         draw.rectangle((left, top, right, top + TIMELINE_LANE_HEIGHT_PIXELS - 1), fill=TIMELINE_TRACK)
-        draw.text((MARGIN_PIXELS, top - 1), f"clip {plan.clips[c].clip_index}", fill=clip_color(c), font=font)
+        lane = f"clip {plan.clips[c].clip_index}" if plan.sampling.spatial_crops == 1 else f"view {plan.clips[c].clip_index}"
+        draw.text((MARGIN_PIXELS, top - 1), lane, fill=clip_color(c), font=font)
     w_left, w_right = (g.x_of(t) for t in t_max_window_seconds(plan))
     lanes_top, lanes_bottom = g.lane_top_pixels(0), g.lanes_bottom_pixels - 1
     if w_right > w_left:
