@@ -1,8 +1,10 @@
 """Start ``clipserve start`` services for frozen-feature evaluation on a dataset split (subprocesses).
 
-``eval_services(...)`` starts one service per split with the paper's evaluation view: one clip per
-video at the temporal centre (``--num-clips 1 --temporal-sampling centre``), short side resized and
-centre-cropped, no random augmentation (``--eval-mode``). It yields their URLs and stops them
+``eval_services(...)`` starts one service per split with the quick monitor's view (``trainer.eval``):
+one clip per video at the temporal centre (``--num-clips 1 --temporal-sampling centre``), short side
+resized and centre-cropped, no random augmentation (``--eval-mode``). ``dataset_services(...)`` starts
+one service per (split, view), as ``trainer.linear`` and ``trainer.finetune`` need: an augmented
+training stream and the multi-view test (``--temporal-sampling uniform --spatial-crops S``). It yields their URLs and stops them
 (SIGTERM, then SIGKILL of the process group) on exit. The trainer talks to them only through
 ``clipserve.client``, as to any other service.
 """
