@@ -113,7 +113,8 @@ async function loadInfo() {
     const info = await getJSON("/v1/info");
     const s = info.sampling, a = info.augment;
     document.getElementById("summary").textContent =
-      info.num_videos + " videos · backend " + info.backend + " · ρ=" + s.num_clips + " T=" + s.frames_per_clip +
+      info.num_videos + " videos · backend " + info.backend + " · ρ=" + s.num_clips +
+      (s.spatial_crops > 1 ? " × " + s.spatial_crops + " crops (" + s.temporal_sampling + ")" : "") + " T=" + s.frames_per_clip +
       " τ=" + s.frame_stride + " · " + a.crop_size_pixels + " px · batch " + info.batch_layout.batch_size;
     document.getElementById("seed").value = info.config.seed;
   } catch (err) {
