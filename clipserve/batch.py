@@ -22,6 +22,13 @@ label                int64   (B,)                  class id of the video
 clip_start_seconds   float32 (B, ρ)                start time of each clip, seconds
 is_padding           bool    (B,)                  True for rows that wrap to fill the last batch
 ==================== ======= ===================== ==========================================
+
+The multi-view test (``--temporal-sampling uniform --num-clips K --spatial-crops S``) serves each
+video as ρ = K·S views, temporal-major as PySlowFast's test loader numbers them: view
+``v = k·S + s`` is clip k (starting at k/K of the video's start range) under crop s (0: start,
+1: centre, 2: end of the long side). ``clips.view(B, K, S, C, T, H, W)`` regroups them; a
+classifier's per-view scores ``(B·K·S, classes)`` become per-video scores by ``.view(B, K·S,
+classes)`` and a mean over dim 1.
 """
 
 from __future__ import annotations
@@ -55,9 +62,10 @@ ARRAY_FIELDS: tuple[str, ...] = ("clips", "video_index", "label", "clip_start_se
 
 
 def clips_shape(sampling: SamplingConfig, augment: AugmentConfig) -> tuple[int, int, int, int, int]:
-    """``(ρ, C, T, S, S)``: the clips of one video (one row of a batch) for these configs."""
+    """``(ρ, C, T, S, S)``: the clips of one video (one row of a batch) for these configs; for the
+    multi-view test ρ = K·S views (``SamplingConfig.views_per_video``)."""
     size = augment.crop_size_pixels
-    return (sampling.num_clips, CHANNELS, sampling.frames_per_clip, size, size)
+    return (sampling.views_per_video, CHANNELS, sampling.frames_per_clip, size, size)
 
 
 def plan_clips_shape(plan: ClipPlan) -> tuple[int, int, int, int, int]:

@@ -39,6 +39,12 @@ class _Frozen(BaseModel):
         return cls(**{name: getattr(source, name) for name in cls.model_fields})
 
 
+SPATIAL_CROPS = (1, 3)
+"""The allowed ``spatial_crops``: the centre, or the start, centre and end of the long side."""
+MAX_VIEWS_PER_VIDEO = 64
+"""Most views (num_clips × spatial_crops) one video may be served as."""
+
+
 class SamplingConfig(_Frozen):
     """How ρ clips are drawn from one video.
 
@@ -61,10 +67,18 @@ class SamplingConfig(_Frozen):
     """t_max, largest distance between any two clip starts (seconds); unset: global sampling."""
     min_span_seconds: float = 0.0
     """Smallest distance between the earliest and the latest clip start (seconds)."""
-    temporal_sampling: Literal["random", "centre"] = "random"
-    """Clip starts: 'random' (drawn uniformly, as above; training) or 'centre' (no draw: clip c starts at
-    (c + 1/2)/ρ of the start range, so ρ=1 is the centre clip; frozen-feature evaluation,
-    paper-spec §5; the span settings do not apply)."""
+    temporal_sampling: Literal["random", "centre", "uniform"] = "random"
+    """Clip starts: 'random' (drawn uniformly, as above; training), 'centre' (no draw: clip c starts at
+    (c + 1/2)/ρ of the start range, so ρ=1 is the centre clip; the quick frozen-feature monitor) or
+    'uniform' (no draw: the multi-view test of PySlowFast's test loader, K = num_clips clips, clip k
+    starting at k/K of the start range; with spatial_crops, K·S views). The span settings apply to
+    'random' only."""
+    spatial_crops: int = 1
+    """S, crops per clip for the multi-view test, 1 or 3: 1 keeps each clip's own crop (eval mode: the
+    centre square); 3 gives three views of every clip, the squares of the short side at the start,
+    the centre and the end of the long side (PySlowFast's uniform_crop), so a video has
+    num_clips × spatial_crops views (at most 64), view v = k·S + s. Needs temporal_sampling 'uniform'
+    or 'centre'."""
 
     @field_validator("num_clips")
     @classmethod
@@ -104,13 +118,31 @@ class SamplingConfig(_Frozen):
         _check_range("min_span_seconds", v, 0.0, 86400.0)
         return v
 
+    @field_validator("spatial_crops")
+    @classmethod
+    def _spatial_crops(cls, v: int) -> int:
+        if v not in SPATIAL_CROPS:
+            raise ValueError(f"spatial_crops ({v!r}) must be 1 or 3 (centre, or start/centre/end of the long side)")
+        return v
+
     @model_validator(mode="after")
     def _spans(self) -> "SamplingConfig":
         if self.max_span_seconds is not None and self.min_span_seconds > self.max_span_seconds:
             raise ValueError(
                 f"min_span_seconds ({self.min_span_seconds}) must be <= max_span_seconds ({self.max_span_seconds})"
             )
+        if self.spatial_crops > 1 and self.temporal_sampling == "random":
+            raise ValueError(f"spatial_crops ({self.spatial_crops}) needs temporal_sampling 'uniform' or 'centre' "
+                             "(the multi-view test), not 'random'")
+        if self.views_per_video > MAX_VIEWS_PER_VIDEO:
+            raise ValueError(f"num_clips × spatial_crops ({self.num_clips} × {self.spatial_crops} = "
+                             f"{self.views_per_video}) must be <= {MAX_VIEWS_PER_VIDEO} views per video")
         return self
+
+    @property
+    def views_per_video(self) -> int:
+        """Clips a video is served as: num_clips × spatial_crops (the ρ axis of a batch)."""
+        return self.num_clips * self.spatial_crops
 
     @property
     def clip_duration_seconds(self) -> float:

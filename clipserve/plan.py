@@ -178,14 +178,46 @@ def draw_augment_params(rng: np.random.Generator, width: int, height: int,
     )
 
 
+def clip_starts_seconds(rng: np.random.Generator, sampling: SamplingConfig, range_seconds: float) -> list[float]:
+    """The ρ clip starts (seconds) of ``sampling.temporal_sampling`` over the start range
+    ``[0, range_seconds]``: 'random' draws them (span policy), 'centre' puts clip c at (c + 1/2)/ρ of
+    the range, 'uniform' puts clip k at k/K of it (PySlowFast's ``get_start_end_idx`` for test clip
+    k of K, its default without offset sampling), so K = 10 over a 10 s range starts at 0, 1, ... 9 s."""
+    n = sampling.num_clips
+    if sampling.temporal_sampling == "centre":
+        return [range_seconds * (c + 0.5) / n for c in range(n)]
+    if sampling.temporal_sampling == "uniform":
+        return [range_seconds * k / n for k in range(n)]
+    return sample_clip_starts_seconds(rng, n, range_seconds, sampling.min_span_seconds, sampling.max_span_seconds)
+
+
+def spatial_crop_box(width: int, height: int, spatial_index: int, spatial_crops: int) -> tuple[int, int, int]:
+    """(left, top, side) in upright source pixels of crop ``spatial_index`` of ``spatial_crops`` (1 or 3):
+    the square of the short side at the start (0), centre (1) or end (2) of the long side, as
+    PySlowFast's ``uniform_crop`` takes from the short-side-resized frame; one crop is the centre.
+
+    Example: 320 × 240 gives (0, 0, 240), (40, 0, 240), (80, 0, 240).
+    """
+    if not 0 <= spatial_index < spatial_crops:
+        raise ValueError(f"spatial_index ({spatial_index}) must be in [0, {spatial_crops})")
+    side = min(width, height)
+    position = 1 if spatial_crops == 1 else spatial_index  # 0 start, 1 centre, 2 end
+    offset = (0, (max(width, height) - side) // 2, max(width, height) - side)[position]
+    return (offset, 0, side) if width >= height else (0, offset, side)
+
+
 def plan(video: VideoRecord, epoch: int, video_index: int, seed: int,
          sampling: SamplingConfig, augment: AugmentConfig) -> ClipPlan:
     """The ``ClipPlan`` of one video for one epoch: ρ clips of T frame indices and their augmentation.
 
     Clip c starts at ``start_seconds`` (uniform over [0, duration − T·τ/target_fps], subject to the
-    span policy; with ``temporal_sampling='centre'`` at ``(c + 1/2)/ρ`` of that range); its frame k is the frame on screen at ``start_seconds + k·τ/target_fps``, found
+    span policy; 'centre' and 'uniform' place it without a draw, see ``clip_starts_seconds``); its
+    frame k is the frame on screen at ``start_seconds + k·τ/target_fps``, found
     through the video's own timestamps (25, 29.97, 30 fps and VFR alike). Videos shorter than one
     clip start at 0 and repeat their last frame.
+
+    With ``spatial_crops`` S = 3 each of the K clips becomes three views (``clip_index`` k·S + s, crop
+    box from ``spatial_crop_box``, each view with its own augmentation draw): the plan has K·S clips.
     """
     _check_non_negative("epoch", epoch)
     _check_non_negative("video_index", video_index)
@@ -196,27 +228,33 @@ def plan(video: VideoRecord, epoch: int, video_index: int, seed: int,
     duration = _video_duration_seconds(video, timestamps)
     start_range_seconds = max(0.0, duration - sampling.clip_duration_seconds)
 
-    children = np.random.SeedSequence([seed, epoch, video_index]).spawn(1 + sampling.num_clips)
+    children = np.random.SeedSequence([seed, epoch, video_index]).spawn(1 + sampling.views_per_video)
     time_rng = np.random.default_rng(children[0])
-    if sampling.temporal_sampling == "centre":
-        starts = [start_range_seconds * (c + 0.5) / sampling.num_clips for c in range(sampling.num_clips)]
-    else:
-        starts = sample_clip_starts_seconds(time_rng, sampling.num_clips, start_range_seconds,
-                                            sampling.min_span_seconds, sampling.max_span_seconds)
+    starts = clip_starts_seconds(time_rng, sampling, start_range_seconds)
     width, height = video.display_width_pixels, video.display_height_pixels
+    crops = sampling.spatial_crops
     clips = []
-    for c, start in enumerate(starts):
-        times = [start + k * sampling.seconds_between_frames for k in range(sampling.frames_per_clip)]
+    for k, start in enumerate(starts):
+        times = [start + t * sampling.seconds_between_frames for t in range(sampling.frames_per_clip)]
         indices = [frame_index_at(timestamps, t) for t in times]
-        clips.append(
-            ClipSpec(
-                clip_index=c,
-                start_seconds=start,
-                frame_indices=indices,
-                timestamps_seconds=[timestamps[i] for i in indices],
-                augment=draw_augment_params(np.random.default_rng(children[1 + c]), width, height, augment),
+        for s in range(crops):
+            view = k * crops + s
+            params = draw_augment_params(np.random.default_rng(children[1 + view]), width, height, augment)
+            if crops > 1:
+                left, top, side = spatial_crop_box(width, height, s, crops)
+                params = params.model_copy(update=dict(crop_left_pixels=left, crop_top_pixels=top,
+                                                       crop_width_pixels=side, crop_height_pixels=side))
+            clips.append(
+                ClipSpec(
+                    clip_index=view,
+                    temporal_index=k,
+                    spatial_index=s,
+                    start_seconds=start,
+                    frame_indices=indices,
+                    timestamps_seconds=[timestamps[i] for i in indices],
+                    augment=params,
+                )
             )
-        )
     return ClipPlan(
         video_index=video_index,
         relative_path=video.relative_path,

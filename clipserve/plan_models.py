@@ -66,7 +66,13 @@ class ClipSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     clip_index: int
-    """Position of this clip in the plan, 0..ρ-1."""
+    """Position of this clip in the plan, 0..ρ-1 (the multi-view test: the view v = k·S + s)."""
+    temporal_index: int = 0
+    """k, which of the plan's temporal clips this is (0..num_clips-1); equal to ``clip_index`` but for
+    the multi-view test's spatial crops."""
+    spatial_index: int = 0
+    """s, which spatial crop of clip k this is (0..spatial_crops-1): with 3 crops 0 = start, 1 = centre,
+    2 = end of the source frame's long side; 0 with one crop."""
     start_seconds: float
     """Clip start time, in seconds from the first frame of the video."""
     frame_indices: list[int]

@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict
 
 from clipserve.errors import ConfigError, DatasetError
 from clipserve.sample import SampleVideo, default_workers, make_sample_spec, render_frames
+from clipserve.sample.spec import make_learnable_spec
 from clipserve.sample.build import encode_atomically
 
 Layout = Literal["ucf101", "hmdb51", "ssv2"]
@@ -110,7 +111,8 @@ def _ssv2_template(kinetics_name: str) -> str:
 
 
 def make_layout_spec(layout: str, num_classes: int = 5, videos_per_class: int = 6, seed: int = 0, *,
-                     frame_scale: float = 1.0, max_duration_seconds: float = 6.0) -> LayoutSpec:
+                     frame_scale: float = 1.0, max_duration_seconds: float = 6.0,
+                     world: Literal["motion", "transfer"] = "motion") -> LayoutSpec:
     """The deterministic specification of a ``layout`` sample (no files touched).
 
     Args:
@@ -119,6 +121,10 @@ def make_layout_spec(layout: str, num_classes: int = 5, videos_per_class: int = 
         videos_per_class: ≥ 3 (every split needs a train and a test video per class).
         frame_scale: multiply the layout's frame size (kept a multiple of 4, ≥ 32), in (0, 4].
         max_duration_seconds: longest video, seconds, > 0 (durations come from the K400 sample's spec).
+        world: 'motion' (the K400 sample's videos, at the layout's frame size and rate) or 'transfer'
+            (the learnable world's videos with the categories it never shows, ``TRANSFER_CLASS_NAMES``,
+            at the learnable world's 48² pixels, 15 fps, 8 s; ``frame_scale`` and
+            ``max_duration_seconds`` do not apply): the target of a transfer experiment.
     """
     if layout not in LAYOUTS:
         raise ConfigError(f"layout ({layout!r}) must be one of {', '.join(LAYOUTS)}")
@@ -127,7 +133,10 @@ def make_layout_spec(layout: str, num_classes: int = 5, videos_per_class: int = 
                           "(each split needs train and test videos of every class)")
     if not 0 < frame_scale <= 4:
         raise ConfigError(f"frame_scale ({frame_scale}) must be in (0, 4]")
-    base = make_sample_spec(num_classes, videos_per_class, "h264", seed, max_duration_seconds=max_duration_seconds)
+    if world == "transfer":
+        base = make_learnable_spec(num_classes, videos_per_class, "h264", seed, categories="transfer")
+    else:
+        base = make_sample_spec(num_classes, videos_per_class, "h264", seed, max_duration_seconds=max_duration_seconds)
     width, height, fps, _, _ = _FORMATS[layout]
     width, height = (max(32, 4 * round(d * frame_scale / 4)) for d in (width, height))
     names = {"ucf101": _ucf_name, "hmdb51": _hmdb_name, "ssv2": _ssv2_template}[layout]
@@ -140,9 +149,12 @@ def make_layout_spec(layout: str, num_classes: int = 5, videos_per_class: int = 
         class_name = names(kinetics_name)
         n = len(members)
         for j, source in enumerate(members):
-            num_frames = max(1, round(source.duration_seconds * fps))
-            content = source.model_copy(update={"width_pixels": width, "height_pixels": height, "fps_numerator": fps,
-                                                 "fps_denominator": 1, "duration_seconds": num_frames / fps})
+            if world == "transfer":  # the learnable world's own size and rate
+                content = source.model_copy(update={"split": "train"})
+            else:
+                num_frames = max(1, round(source.duration_seconds * fps))
+                content = source.model_copy(update={"width_pixels": width, "height_pixels": height, "fps_numerator": fps,
+                                                     "fps_denominator": 1, "duration_seconds": num_frames / fps})
             if layout == "ucf101":
                 group, clip = j // 2 + 1, j % 2 + 1
                 relative = f"UCF-101/{class_name}/v_{class_name}_g{group:02d}_c{clip:02d}.avi"
@@ -181,7 +193,8 @@ def encode_layout_video(layout: str, video: SampleVideo, path: str | Path) -> in
         if tag is not None:
             stream.codec_context.codec_tag = tag
         if encoder == "mpeg4":  # ~0.25 bit per pixel, about what UCF101's XVID files use
-            stream.codec_context.bit_rate = int(0.25 * video.width_pixels * video.height_pixels * float(video.fps))
+            bits_per_pixel = 2.0 if video.world == "learnable" else 0.25  # 48² frames: keep the markings legible
+            stream.codec_context.bit_rate = int(bits_per_pixel * video.width_pixels * video.height_pixels * float(video.fps))
             stream.codec_context.max_b_frames = 2  # as XviD's default (unpacked: one VOP per AVI chunk)
             stream.options = {"threads": "1"}
         else:

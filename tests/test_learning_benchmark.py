@@ -105,3 +105,36 @@ def test_extra_run_adds_a_configuration_and_bad_specs_are_usage_errors(tmp_path:
         with pytest.raises(SystemExit) as error:
             learning.parse_args(["--out", str(tmp_path), "--extra-run", bad])
         assert error.value.code == 2, bad
+
+
+def _readout_benchmark():  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # it imports its sibling, learning.py
+    spec = importlib.util.spec_from_file_location("readout_benchmark", REPO_ROOT / "benchmarks" / "readout.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readout_benchmark_runs_reach_the_protocols_parsers_bounded_by_steps(tmp_path: Path) -> None:
+    from trainer.eval_services import service_command
+    from trainer.readout import readout_views
+    from trainer.readout_config import FinetuneConfig, LinearConfig, parse_config
+
+    readout = _readout_benchmark()
+    args = readout.parse_args(["--out", str(tmp_path), "--linear-steps", "7", "--finetune-steps", "5"])
+    linear = parse_config(LinearConfig, readout.linear_command(args, "moco", 1)[3:], prog="linear", description="")
+    assert (linear.max_steps, linear.seed, linear.profile, linear.checkpoint) == (7, 1, "cpu", str(tmp_path / "moco-seed1"))
+    assert linear.max_seconds == 30 * 60 and linear.head_batch_norm  # a far safety net, not the bound
+    finetune = parse_config(FinetuneConfig, readout.finetune_command(args, "random", 0)[3:], prog="finetune",
+                            description="")
+    assert (finetune.max_steps, finetune.checkpoint, finetune.split_id, finetune.dropout) == (5, "random", "1", 0.8)
+    train_view, test_view = readout_views(linear)
+    train = _service_config(service_command("k400", Path("/data"), "train", 1, train_view)[4:])
+    test = _service_config(service_command("k400", Path("/data"), "val", 1, test_view)[4:])
+    assert (train.num_clips, train.temporal_sampling, train.eval_mode, train.target_fps) == (1, "random", False, 15.0)
+    assert train.augment().crop_area_fraction == (0.6, 1.0) and train.augment().color_jitter_probability == 0
+    assert (test.temporal_sampling, test.num_clips, test.spatial_crops, test.eval_mode) == ("uniform", 4, 1, True)
+    with pytest.raises(SystemExit):
+        readout.parse_args(["--out", str(tmp_path), "--seeds", "1"])  # a spread needs two seeds

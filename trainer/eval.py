@@ -1,4 +1,7 @@
-"""Frozen-feature evaluation: kNN (k=20, cosine, InstDisc temperature-weighted votes) and a linear probe.
+"""The quick monitor: kNN (k=20, cosine, InstDisc temperature-weighted votes) and a linear probe
+(full-batch Adam on standardised features) on frozen features of centre-placed clips. Not the paper's protocols: those are
+``python -m trainer.linear`` (linear classifier on frozen features, then the 30-view test) and
+``python -m trainer.finetune`` (UCF101 / HMDB51 fine-tuning); see trainer/README.md.
 
     python -m trainer.eval --checkpoint trainer-out/last.pt --server http://127.0.0.1:8001 \
         [--val-server http://127.0.0.1:8002] [--k 20] [--knn-temperature 0.07]
@@ -11,11 +14,12 @@ read from each server (until ``epoch`` changes), ``is_padding`` entries are skip
 feature is the mean of its ρ clips' backbone features. Without ``--val-server`` the one split is
 divided deterministically: videos with ``video_index % 5 == 0`` are the validation set (20%).
 
-With ``--dataset``/``--root`` (transfer evaluation on ucf101, hmdb51, ssv2, k400/600/700 or a class
-folder) it starts one ``clipserve start`` per split itself (``trainer.eval_services``) with the paper's
-protocol: frozen features of one clip per video at the temporal centre, centre crop, no augmentation;
-kNN and the linear probe are fitted on the train split and scored on the test split (ucf101/hmdb51:
-official split ``--split-id``; ssv2: train/validation, its test split has no labels).
+With ``--dataset``/``--root`` (ucf101, hmdb51, ssv2, k400/600/700 or a class folder) it starts one
+``clipserve start`` per split itself (``trainer.eval_services``) with the monitor's view: frozen
+features of one clip per video at the temporal centre, centre crop, no augmentation; kNN and the
+probe (full-batch Adam on standardised features) are fitted on the train split and scored on the
+test split (ucf101/hmdb51: official split ``--split-id``; ssv2: train/validation, its test split has
+no labels). A cheap readout to follow a run, not a number to set next to the paper's tables.
 Prints one JSON line.
 """
 

@@ -1,8 +1,10 @@
 """Start ``clipserve start`` services for frozen-feature evaluation on a dataset split (subprocesses).
 
-``eval_services(...)`` starts one service per split with the paper's evaluation view: one clip per
-video at the temporal centre (``--num-clips 1 --temporal-sampling centre``), short side resized and
-centre-cropped, no random augmentation (``--eval-mode``). It yields their URLs and stops them
+``eval_services(...)`` starts one service per split with the quick monitor's view (``trainer.eval``):
+one clip per video at the temporal centre (``--num-clips 1 --temporal-sampling centre``), short side
+resized and centre-cropped, no random augmentation (``--eval-mode``). ``dataset_services(...)`` starts
+one service per (split, view), as ``trainer.linear`` and ``trainer.finetune`` need: an augmented
+training stream and the multi-view test (``--temporal-sampling uniform --spatial-crops S``). It yields their URLs and stops them
 (SIGTERM, then SIGKILL of the process group) on exit. The trainer talks to them only through
 ``clipserve.client``, as to any other service.
 """
@@ -28,7 +30,14 @@ DEFAULT_TEST_SPLIT = {"ssv2": "val", "k400": "val", "k600": "val", "k700": "val"
 
 @dataclass(frozen=True)
 class EvalView:
-    """What each evaluation service serves: T frames every τ frames, S×S pixels, B videos per batch."""
+    """What each evaluation service serves: T frames every τ frames, S×S pixels, B videos per batch.
+
+    The defaults are ``trainer.eval``'s quick monitor: one clip at the temporal centre, centre crop.
+    ``trainer.linear`` and ``trainer.finetune`` serve the multi-view test with ``temporal_sampling=
+    'uniform'``, ``num_clips`` K and ``spatial_crops`` S, and their augmented training stream with
+    ``augment_flags`` (``clipserve start`` flags used instead of ``--eval-mode``) and
+    ``temporal_sampling='random'``.
+    """
 
     frames_per_clip: int = 8
     frame_stride: int = 8
@@ -36,19 +45,35 @@ class EvalView:
     batch_size: int = 8
     workers: int | None = None
     backend: str = "auto"
+    num_clips: int = 1
+    temporal_sampling: str = "centre"
+    spatial_crops: int = 1
+    augment_flags: tuple[str, ...] | None = None
+    """None: ``--eval-mode`` (no random augmentation); else these augmentation flags."""
+    seed: int = 0
+    prefetch_batches: int | None = None
+    extra_flags: tuple[str, ...] = ()
+    """More ``clipserve start`` flags (e.g. ``--target-fps 15``)."""
 
 
 def service_command(dataset: str, root: Path, split: str, split_id: int, view: EvalView) -> list[str]:
-    """The ``python -m clipserve start`` command line of one evaluation service."""
+    """The ``python -m clipserve start`` command line of one evaluation (or readout training) service."""
+    augment = ["--eval-mode"] if view.augment_flags is None else list(view.augment_flags)
     command = [sys.executable, "-m", "clipserve", "start", "--dataset", dataset, "--root", str(root),
-               "--split", split, "--split-id", str(split_id), "--eval-mode", "--num-clips", "1",
-               "--temporal-sampling", "centre", "--frames-per-clip", str(view.frames_per_clip),
+               "--split", split, "--split-id", str(split_id), *augment, "--num-clips", str(view.num_clips),
+               "--temporal-sampling", view.temporal_sampling, "--frames-per-clip", str(view.frames_per_clip),
                "--frame-stride", str(view.frame_stride), "--crop-size", str(view.crop_size_pixels),
                "--batch-size", str(view.batch_size), "--backend", view.backend, "--host", "127.0.0.1",
                "--port", "0", "--no-progress"]
+    if view.spatial_crops != 1:
+        command += ["--spatial-crops", str(view.spatial_crops)]
+    if view.seed:
+        command += ["--seed", str(view.seed)]
     if view.workers is not None:
         command += ["--workers", str(view.workers)]
-    return command
+    if view.prefetch_batches is not None:
+        command += ["--prefetch-batches", str(view.prefetch_batches)]
+    return command + list(view.extra_flags)
 
 
 @contextmanager
@@ -60,11 +85,21 @@ def eval_services(dataset: str, root: Path, splits: Sequence[str], split_id: int
         RuntimeError: a service exited or did not become ready within ``timeout_seconds`` (the
             message holds the end of its log, e.g. the dataset error).
     """
+    with dataset_services(dataset, root, [(split, view) for split in splits], split_id,
+                          timeout_seconds=timeout_seconds) as urls:
+        yield urls
+
+
+@contextmanager
+def dataset_services(dataset: str, root: Path, services: Sequence[tuple[str, EvalView]], split_id: int, *,
+                     timeout_seconds: float = 600.0) -> Iterator[list[str]]:
+    """Start one service per ``(split, view)`` of ``services``; yield their URLs (same order); stop
+    them on exit. Errors as ``eval_services``."""
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="trainer-eval-") as folder:
-        logs = [Path(folder) / f"{i}-{split}.log" for i, split in enumerate(splits)]
+        logs = [Path(folder) / f"{i}-{split}.log" for i, (split, _) in enumerate(services)]
         try:
-            for split, log in zip(splits, logs):
+            for (split, view), log in zip(services, logs):
                 with open(log, "wb") as handle:
                     processes.append(subprocess.Popen(service_command(dataset, root, split, split_id, view),
                                                       stdout=handle, stderr=subprocess.STDOUT, start_new_session=True))

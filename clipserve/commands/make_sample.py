@@ -13,10 +13,12 @@ HELP = "Make a small Kinetics-400-layout dataset of real encoded videos (one mot
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="dataset root to write (annotations/, train/, val/)")
-    parser.add_argument("--preset", choices=["motion", "learnable"], default="motion",
+    parser.add_argument("--preset", choices=["motion", "learnable", "transfer"], default="motion",
                         help="motion: one motion pattern per class, K400-like sizes and rates (default); "
                              "learnable: one object category per class whose pose, scale, shape, colour and scene "
-                             "drift along the timeline, 48x48 at 15 fps, 8 s (10 x 60 videos, 200 val)")
+                             "drift along the timeline, 48x48 at 15 fps, 8 s (10 x 60 videos, 200 val); "
+                             "transfer: the learnable world with 10 categories it never shows, in the ucf101 or "
+                             "hmdb51 --layout (the target of a transfer experiment)")
     parser.add_argument("--classes", type=int, default=None,
                         help=f"number of classes (motion: 1 to {len(CLASS_NAMES)}, default 8; "
                              f"learnable: 1 to {len(LEARNABLE_CLASS_NAMES)}, default 10)")
@@ -40,14 +42,20 @@ def _or(value: int | None, default: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.preset == "transfer" and args.layout not in ("ucf101", "hmdb51"):
+        print(f"make-sample: --preset transfer writes the ucf101 or hmdb51 layout; add --layout ucf101 "
+              f"(got --layout {args.layout})", file=sys.stderr)
+        return 2
     if args.layout != "k400":
-        if args.preset != "motion":
+        if args.preset == "learnable":
             print(f"make-sample: --preset {args.preset} writes the k400 layout only; drop --layout {args.layout}",
                   file=sys.stderr)
             return 2
         from clipserve.sample_layouts import build_layout_sample, make_layout_spec
 
-        layout_spec = make_layout_spec(args.layout, _or(args.classes, 8), _or(args.videos_per_class, 12), args.seed)
+        world = "transfer" if args.preset == "transfer" else "motion"
+        layout_spec = make_layout_spec(args.layout, _or(args.classes, 10 if world == "transfer" else 8),
+                                       _or(args.videos_per_class, 12), args.seed, world=world)
         print(build_layout_sample(args.out, layout_spec, workers=args.workers, force=args.force).summary())
         return 0
     if args.preset == "learnable":

@@ -109,6 +109,18 @@ def describe_augment(params: AugmentParams) -> str:
     return " | ".join(parts)
 
 
+SPATIAL_CROP_NAMES = ("start", "centre", "end")
+"""Names of the three spatial crops of the multi-view test, along the long side."""
+
+
+def clip_label(plan: ClipPlan, row: int) -> str:
+    """Row label: ``clip c``, or for the multi-view test (3 spatial crops) ``view v = clip k, crop NAME``."""
+    spec = plan.clips[row]
+    if plan.sampling.spatial_crops == 1:
+        return f"clip {spec.clip_index}"
+    return f"view {spec.clip_index} = clip {spec.temporal_index}, crop {SPATIAL_CROP_NAMES[spec.spatial_index]}"
+
+
 def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=11)
@@ -138,7 +150,7 @@ def render_contact_sheet(plan: ClipPlan, clips: np.ndarray) -> Image.Image:
     font = _font()
     for row, spec in enumerate(plan.clips):
         header_top = MARGIN_PIXELS + row * geometry.row_height_pixels
-        header = f"clip {spec.clip_index} | start {spec.start_seconds:.2f} s | {describe_augment(spec.augment)}"
+        header = f"{clip_label(plan, row)} | start {spec.start_seconds:.2f} s | {describe_augment(spec.augment)}"
         draw.text((MARGIN_PIXELS, header_top + 2), header, fill=TEXT, font=font)
         for t in range(frames_per_clip):
             frame = np.ascontiguousarray(clips[row, :, t].transpose(1, 2, 0))  # (S, S, 3)
@@ -283,7 +295,17 @@ def _centre_starts(plan: ClipPlan) -> StartRule:
                      (0.0, last_start))
 
 
-START_RULES: dict[str, Callable[[ClipPlan], StartRule]] = {"random": _random_starts, "centre": _centre_starts}
+def _uniform_starts(plan: ClipPlan) -> StartRule:
+    last_start = max(0.0, timeline_duration_seconds(plan) - plan.clip_duration_seconds)
+    k, crops = plan.sampling.num_clips, plan.sampling.spatial_crops
+    views = f", {crops} crops each: {k * crops} views" if crops > 1 else ""
+    return StartRule(f"multi-view test, nothing drawn: {_count(k, 'clip')} evenly spaced, clip k starts at k/{k} "
+                     f"of 0.00-{last_start:.2f} s (shaded){views}", (0.0, last_start))
+
+
+START_RULES: dict[str, Callable[[ClipPlan], StartRule]] = {
+    "random": _random_starts, "centre": _centre_starts, "uniform": _uniform_starts,
+}
 """One caption-and-window rule per ``SamplingConfig.temporal_sampling`` mode."""
 
 
@@ -326,7 +348,8 @@ def draw_timeline(image: Image.Image, plan: ClipPlan, geometry: TimelineGeometry
     for c in range(len(plan.clips)):  # the lanes' tracks, then the window over them, then the clips
         top = g.lane_top_pixels(c)
         draw.rectangle((left, top, right, top + TIMELINE_LANE_HEIGHT_PIXELS - 1), fill=TIMELINE_TRACK)
-        draw.text((MARGIN_PIXELS, top - 1), f"clip {plan.clips[c].clip_index}", fill=clip_color(c), font=font)
+        lane = f"clip {plan.clips[c].clip_index}" if plan.sampling.spatial_crops == 1 else f"view {plan.clips[c].clip_index}"
+        draw.text((MARGIN_PIXELS, top - 1), lane, fill=clip_color(c), font=font)
     w_left, w_right = (g.x_of(t) for t in start_rule(plan).window_seconds)
     lanes_top, lanes_bottom = g.lane_top_pixels(0), g.lanes_bottom_pixels - 1
     if w_right > w_left:

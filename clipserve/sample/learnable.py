@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clipserve.sample.pixels import _rgb_to_yuv420p, soft_waves
-from clipserve.sample.spec import LEARNABLE_CLASS_NAMES, SampleVideo
+from clipserve.sample.spec import LEARNABLE_CLASS_NAMES, TRANSFER_CLASS_NAMES, SampleVideo
 
 ShapeFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """(u, v) object-local coordinates (the object fits the unit disc) -> bool mask of the same shape."""
@@ -146,6 +146,100 @@ PATTERNS: dict[str, ShapeFn] = dict(zip(LEARNABLE_CLASS_NAMES, [
     _solid, _stripes, _checker, _dots, _concentric, _halves, _diamonds, _zigzag, _crosshatch, _eye]))
 """Category name -> its surface pattern (True: the object's first colour, False: its second), in
 object-local coordinates: the pattern turns, scales and stretches with the object."""
+
+
+# --- the transfer world's categories (``make-sample --preset transfer``): outlines and markings
+# none of the learnable world's categories has, drawn with the same operations
+
+
+def _hexagon(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    au, av_ = np.abs(u), np.abs(v)
+    return (av_ <= 0.866) & (0.866 * au + 0.5 * av_ <= 0.866)
+
+
+def _ellipse(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return u * u + v * v * 3.0 <= 1.0
+
+
+def _diamond(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return np.abs(u) + np.abs(v) <= 1.0
+
+
+def _chevron(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    w = u - 0.8 * np.abs(v)
+    return (np.abs(v) <= 0.9) & (w >= -0.6) & (w <= 0.1)
+
+
+def _hourglass(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return (np.abs(v) <= 0.9) & (np.abs(u) <= np.abs(v) * 0.9 + 0.12)
+
+
+def _kite(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return np.where(v < 0.0, np.abs(u) * 1.6 <= v + 1.0, np.abs(u) * 0.9 <= 0.55 - v * 0.55 + 1e-9) & (v <= 1.0)
+
+
+def _octagon(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    au, av_ = np.abs(u), np.abs(v)
+    return (au <= 0.9) & (av_ <= 0.9) & (au + av_ <= 1.3)
+
+
+def _trapezoid(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return (np.abs(v) <= 0.7) & (np.abs(u) <= 0.55 + 0.45 * (v + 0.7) / 1.4)
+
+
+def _semicircle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return (u * u + v * v <= 1.0) & (v <= 0.25)
+
+
+def _pentagon(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return (v <= 0.8) & (np.abs(u) <= 0.95) & (v >= -1.0 + np.abs(u) * 0.65) & (np.abs(u) * 0.3 + v <= 0.95)
+
+
+def _bands(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return _frac(v * 2.2) < 0.35
+
+
+def _grid(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return (_frac(u * 2.0) >= 0.25) | (_frac(v * 2.0) >= 0.25)
+
+
+def _waves(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return _frac(u * 1.2 + 0.5 * np.abs(_frac(v * 1.6) - 0.5)) < 0.5
+
+
+def _quarters(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return u * v >= 0.0
+
+
+def _nested(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return _frac(np.maximum(np.abs(u), np.abs(v)) * 2.4) < 0.5
+
+
+def _diagonals(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return _frac((u + v) * 1.1) < 0.5
+
+
+def _spots(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    du, dv = _frac(u * 0.9 + 0.25) - 0.5, _frac(v * 0.9 + 0.25) - 0.5
+    return du * du + dv * dv > 0.05
+
+
+def _ladder(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return (np.abs(u) >= 0.3) | (_frac(v * 2.5) < 0.3)
+
+
+def _frame(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return u * u + (v + 0.3) * (v + 0.3) > 0.25
+
+
+def _argyle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return (_frac((u + v) * 0.9) < 0.5) ^ (_frac((u - v) * 0.9) < 0.5)
+
+
+SHAPES.update(zip(TRANSFER_CLASS_NAMES, [
+    _hexagon, _ellipse, _diamond, _chevron, _hourglass, _kite, _octagon, _trapezoid, _semicircle, _pentagon]))
+PATTERNS.update(zip(TRANSFER_CLASS_NAMES, [
+    _bands, _grid, _waves, _quarters, _nested, _diagonals, _spots, _ladder, _frame, _argyle]))
 
 
 @dataclass(frozen=True)

@@ -267,6 +267,13 @@ LEARNABLE_CLASS_NAMES: list[str] = [
 """Object categories of the learnable world (the markings every object of a kind shares), one per
 class; ``--classes N`` takes the first N."""
 
+TRANSFER_CLASS_NAMES: list[str] = [
+    "banded hexagon", "gridded ellipse", "wavy diamond", "quartered chevron", "nested hourglass",
+    "diagonal kite", "spotted octagon", "laddered trapezoid", "framed semicircle", "argyle pentagon",
+]
+"""Object categories of the transfer world (``make-sample --preset transfer``): outlines and markings
+that the learnable world never shows (its pre-training cannot have seen them), one per class."""
+
 LEARNABLE_FRAME_PIXELS = 48
 """Width and height of every learnable-world video, pixels."""
 LEARNABLE_FPS = 15
@@ -283,6 +290,7 @@ def make_learnable_spec(
     *,
     val_fraction: float = 1 / 3,
     duration_seconds: float = LEARNABLE_DURATION_SECONDS,
+    categories: Literal["learnable", "transfer"] = "learnable",
 ) -> SampleSpec:
     """The learnable world: ``num_classes`` object categories × ``videos_per_class`` videos.
 
@@ -297,9 +305,12 @@ def make_learnable_spec(
         videos_per_class (int): ≥ 2; ``round(videos_per_class * val_fraction)`` (at least 1) go to ``val``.
         val_fraction (float): share of each class in ``val``, in (0, 1).
         duration_seconds (float): length of every video, in [1, 60] seconds.
+        categories: 'learnable' (``LEARNABLE_CLASS_NAMES``) or 'transfer' (``TRANSFER_CLASS_NAMES``,
+            the same world with categories the learnable set never shows).
     """
-    if not 1 <= num_classes <= len(LEARNABLE_CLASS_NAMES):
-        raise ConfigError(f"num_classes ({num_classes}) must be in [1, {len(LEARNABLE_CLASS_NAMES)}]")
+    names = TRANSFER_CLASS_NAMES if categories == "transfer" else LEARNABLE_CLASS_NAMES
+    if not 1 <= num_classes <= len(names):
+        raise ConfigError(f"num_classes ({num_classes}) must be in [1, {len(names)}]")
     if videos_per_class < 2:
         raise ConfigError(f"videos_per_class ({videos_per_class}) must be >= 2 for the learnable world")
     if codec not in _EXTENSION:
@@ -320,7 +331,7 @@ def make_learnable_spec(
         class_index, j = divmod(k, videos_per_class)
         start = int(rng.integers(0, 290))
         videos.append(SampleVideo(
-            label_name=LEARNABLE_CLASS_NAMES[class_index], youtube_id=youtube_ids[k], time_start_seconds=start,
+            label_name=names[class_index], youtube_id=youtube_ids[k], time_start_seconds=start,
             time_end_seconds=start + 10, split="val" if j >= videos_per_class - num_val else "train", codec=codec,
             width_pixels=LEARNABLE_FRAME_PIXELS, height_pixels=LEARNABLE_FRAME_PIXELS, fps_numerator=LEARNABLE_FPS,
             fps_denominator=1, duration_seconds=round(num_frames / LEARNABLE_FPS, 6),

@@ -115,7 +115,8 @@ async function loadInfo() {
     const info = await getJSON("/v1/info");
     const s = info.sampling, a = info.augment;
     document.getElementById("summary").textContent =
-      info.num_videos + " videos · backend " + info.backend + " · ρ=" + s.num_clips + " T=" + s.frames_per_clip +
+      info.num_videos + " videos · backend " + info.backend + " · ρ=" + s.num_clips +
+      (s.spatial_crops > 1 ? " × " + s.spatial_crops + " crops (" + s.temporal_sampling + ")" : "") + " T=" + s.frames_per_clip +
       " τ=" + s.frame_stride + " · " + a.crop_size_pixels + " px · batch " + info.batch_layout.batch_size;
     document.getElementById("seed").value = info.config.seed;
   } catch (err) {
@@ -194,6 +195,13 @@ const START_RULES = {
                                            : "clip c starts at (c + 1/2)/" + plan.clips.length;
     return {window: [0, lastStart], caption: "centre sampling, nothing drawn: " + placed +
             " of the start range 0.00–" + lastStart.toFixed(2) + " s (shaded)"};
+  },
+  uniform(plan, duration) {
+    const lastStart = Math.max(0, duration - plan.clip_duration_seconds);
+    const k = plan.sampling.num_clips, crops = plan.sampling.spatial_crops || 1;
+    return {window: [0, lastStart], caption: "multi-view test, nothing drawn: " + k + (k === 1 ? " clip" : " clips") +
+            " evenly spaced, clip k starts at k/" + k + " of 0.00–" + lastStart.toFixed(2) + " s (shaded)" +
+            (crops > 1 ? ", " + crops + " crops each: " + (k * crops) + " views" : "")};
   },
 };
 function startRule(plan, duration) {

@@ -1,0 +1,213 @@
+"""``python -m trainer.linear`` and ``python -m trainer.finetune`` (the paper's readout protocols):
+the view averaging of the multi-view test, the frozen backbone staying frozen, an exact resume,
+fine-tuning on the official splits, and clear errors; end to end on generated sample sets with the
+services the commands start themselves."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from clipserve.batch import Batch
+from clipserve.sample import build_sample
+from clipserve.sample.spec import make_learnable_spec
+from clipserve.sample_layouts import build_layout_sample, make_layout_spec
+from tests.service_helpers import REPO_ROOT
+from trainer.readout import average_view_probabilities, multiview_test, topk_accuracy
+
+TINY = ["--profile", "cpu", "--backbone", "tiny", "--progress", "false", "--mlp-hidden-dim", "32", "--output-dim",
+        "16", "--moco-queue-size", "16", "--device", "cpu"]
+SMALL = ["--profile", "cpu", "--batch-size", "4", "--test-batch-size", "4", "--test-num-clips", "2"]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPSERVE_")}
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _python(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO_ROOT, env=_env(),
+                          timeout=300)
+
+
+def _result(done: subprocess.CompletedProcess[str]) -> dict:
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def learnable(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("learnable")
+    build_sample(root, make_learnable_spec(3, 4, seed=2, duration_seconds=2.0), workers=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ucf101(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ucf101")
+    build_layout_sample(root, make_layout_spec("ucf101", 3, 4, seed=4, frame_scale=0.25, max_duration_seconds=2.0),
+                        workers=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ckpt")
+    done = _python("trainer", "--objective", "moco", "--server", "synthetic", "--max-steps", "2",
+                   "--checkpoint-dir", str(out), *TINY)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+# --- the multi-view test's arithmetic -------------------------------------------------------------
+
+
+def test_views_are_averaged_as_probabilities_per_video() -> None:
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 1.0, 0.0],      # video 0: views 0, 1
+                           [0.0, 0.0, 2.0], [0.0, 0.0, 2.0]])     # video 1
+    got = average_view_probabilities(logits, 2)
+    expected = torch.stack([(torch.softmax(logits[0], 0) + torch.softmax(logits[1], 0)) / 2,
+                            torch.softmax(logits[2], 0)])
+    torch.testing.assert_close(got, expected)
+    assert torch.allclose(got.sum(1), torch.ones(2))
+    # the mean of probabilities, not of logits: they pick different classes here
+    confident_wrong = torch.tensor([[10.0, 0.0], [-2.0, 0.0], [-2.0, 0.0]])
+    assert average_view_probabilities(confident_wrong, 3).argmax(1).item() == 1
+    assert confident_wrong.mean(0).argmax().item() == 0
+    with pytest.raises(ValueError, match=r"not a multiple of views_per_video \(3\)"):
+        average_view_probabilities(logits, 3)
+
+
+def test_topk_accuracy_counts_labels_among_the_k_best() -> None:
+    probabilities = torch.tensor([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3], [0.2, 0.3, 0.5]])
+    labels = torch.tensor([1, 2, 0])
+    assert topk_accuracy(probabilities, labels, 1) == pytest.approx(1 / 3)
+    assert topk_accuracy(probabilities, labels, 2) == pytest.approx(2 / 3)
+    assert topk_accuracy(probabilities, labels, 5) == 1.0  # k capped at the class count
+
+
+class _BrightnessClassifier(nn.Module):
+    """Class scores from a clip's mean brightness: (N, C, T, H, W) → (N, 2) = [−m, m]·8."""
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        m = clips.mean(dim=(1, 2, 3, 4))
+        return torch.stack([-m, m], dim=1) * 8
+
+
+def test_multiview_test_groups_each_videos_views_and_skips_padding_and_repeats() -> None:
+    views, size = 3, 8
+    levels = np.array([[10, 20, 250], [240, 250, 5], [0, 0, 0]], dtype=np.uint8)  # (B, V) brightness per view
+    clips = np.broadcast_to(levels[:, :, None, None, None, None], (3, views, 3, 2, size, size)).copy()
+    first = Batch(torch.from_numpy(clips), torch.tensor([7, 3, 7]), torch.tensor([1, 0, 1]),
+                  torch.zeros(3, views), torch.tensor([False, False, True]), 0, 0)
+    again = Batch(torch.from_numpy(clips[:2].copy()), torch.tensor([3, 9]), torch.tensor([0, 1]),
+                  torch.zeros(2, views), torch.tensor([False, False]), 0, 1)
+    next_epoch = Batch(torch.from_numpy(clips[:1].copy()), torch.tensor([1]), torch.tensor([0]), torch.zeros(1, views),
+                       torch.tensor([False]), 1, 0)
+    result = multiview_test(_BrightnessClassifier(), [first, again, next_epoch], "cpu")
+    assert result.video_index.tolist() == [7, 3, 9] and result.labels.tolist() == [1, 0, 1]
+    assert result.views_per_video == views
+    model = _BrightnessClassifier()
+    from trainer.utils import normalize_clips
+    for row, source in ((0, (first, 0)), (1, (first, 1)), (2, (again, 1))):
+        batch, n = source
+        x = normalize_clips(batch.clips[n : n + 1], "cpu")[0]  # (V, C, T, H, W)
+        expected = torch.softmax(model(x), dim=1).mean(0)
+        torch.testing.assert_close(result.probabilities[row], expected)
+
+
+# --- trainer.linear end to end ---------------------------------------------------------------------
+
+
+def _backbone_state(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+    model = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}
+
+
+def test_linear_protocol_keeps_the_backbone_frozen_and_resumes_exactly(learnable: Path, checkpoint: Path,
+                                                                       tmp_path: Path) -> None:
+    common = ["trainer.linear", "--checkpoint", str(checkpoint), "--dataset", "k400", "--root", str(learnable),
+              *SMALL, "--max-steps", "4", "--checkpoint-every-steps", "2"]
+    done = _python(*common, "--out-dir", str(tmp_path / "whole"))
+    assert done.returncode == 0, done.stderr
+    result = _result(done)
+    assert (result["steps"], result["completed"], result["num_classes"]) == (4, True, 3)
+    assert result["num_test_videos"] == 3 * 1 and result["views_per_video"] == 2  # 1 val video a class, K=2, S=1
+    assert 0.0 <= result["top1"] <= result["top5"] <= 1.0
+    assert json.loads((tmp_path / "whole" / "result.json").read_text()) == result
+    # the backbone is exactly the pre-trained one (weights and BN statistics); the head learned
+    pretrained = _backbone_state(checkpoint / "last.pt", "backbone.")
+    after = _backbone_state(tmp_path / "whole" / "last.pt", "backbone.")
+    assert pretrained.keys() == after.keys() and any("running_mean" in k for k in after)
+    for key, value in pretrained.items():
+        torch.testing.assert_close(after[key], value, rtol=0, atol=0, msg=key)
+    head = _backbone_state(tmp_path / "whole" / "last.pt", "linear.")
+    assert head["bias"].abs().sum() > 0  # initialised to zero, moved by training
+
+    # the same run in two parts (--stop-after-steps, then --resume) ends with the same weights
+    part = _python(*common, "--out-dir", str(tmp_path / "parts"), "--stop-after-steps", "2")
+    assert part.returncode == 3, part.stderr
+    assert _result(part)["completed"] is False and "step 2 of 4" in _result(part)["error"]
+    resumed = _python(*common, "--out-dir", str(tmp_path / "parts"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    whole, parts = (torch.load(tmp_path / d / "last.pt", weights_only=False)["model"] for d in ("whole", "parts"))
+    for key in whole:
+        torch.testing.assert_close(parts[key], whole[key], rtol=0, atol=0, msg=key)
+    assert _result(resumed)["top1"] == result["top1"]
+
+
+def test_linear_protocol_refuses_bad_input_clearly(learnable: Path, checkpoint: Path, tmp_path: Path) -> None:
+    other = _python("trainer.linear", "--checkpoint", str(checkpoint), "--backbone", "r3d_18", "--dataset", "k400",
+                    "--root", str(learnable), *SMALL)
+    assert other.returncode == 2
+    assert "pre-trained with backbone 'tiny', not 'r3d_18'" in other.stderr and "Traceback" not in other.stderr
+    no_val = tmp_path / "no-val"
+    shutil.copytree(learnable / "train", no_val / "train")
+    (no_val / "annotations").mkdir()
+    shutil.copy(learnable / "annotations" / "train.csv", no_val / "annotations" / "train.csv")
+    missing = _python("trainer.linear", "--checkpoint", str(checkpoint), "--dataset", "k400", "--root", str(no_val),
+                      *SMALL, "--max-steps", "1", "--out-dir", str(tmp_path / "out"))
+    assert missing.returncode == 2 and "split 'val' not found" in missing.stderr and "--test-split" in missing.stderr
+    crops = _python("trainer.linear", "--checkpoint", "random", "--dataset", "k400", "--root", str(learnable),
+                    "--test-spatial-crops", "2")
+    assert crops.returncode == 2 and "--test-spatial-crops (2) must be 1 or 3" in crops.stderr
+
+
+# --- trainer.finetune end to end -------------------------------------------------------------------
+
+
+def test_finetune_trains_the_whole_network_on_an_official_split(ucf101: Path, checkpoint: Path, tmp_path: Path) -> None:
+    done = _python("trainer.finetune", "--checkpoint", str(checkpoint), "--dataset", "ucf101", "--root", str(ucf101),
+                   "--split-id", "2", *SMALL, "--max-steps", "3", "--out-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    result = _result(done)
+    assert result["split_ids"] == [2] and result["completed"] is True and result["preset"] == "paper"
+    (split,) = result["splits"]
+    assert (split["steps"], split["test_split"], split["schedule"]) == (3, "test", "step")
+    assert result["top1_mean"] == split["top1"] and 0.0 <= split["top1"] <= split["top5"] <= 1.0
+    assert "dropout 0.8" in result["protocol"]
+    pretrained = _backbone_state(checkpoint / "last.pt", "backbone.")
+    tuned = _backbone_state(tmp_path / "split2" / "last.pt", "backbone.")
+    assert any(not torch.equal(tuned[k], v) for k, v in pretrained.items() if v.is_floating_point())
+
+
+def test_finetune_refuses_bad_splits_and_datasets(ucf101: Path, learnable: Path, checkpoint: Path) -> None:
+    split = _python("trainer.finetune", "--checkpoint", str(checkpoint), "--dataset", "ucf101", "--root", str(ucf101),
+                    "--split-id", "4")
+    assert split.returncode == 2 and "--split-id ('4') must be 1, 2, 3 or all" in split.stderr
+    dataset = _python("trainer.finetune", "--checkpoint", str(checkpoint), "--dataset", "k400", "--root",
+                      str(learnable))
+    assert dataset.returncode == 2 and "--dataset ('k400') must be one of ucf101, hmdb51" in dataset.stderr
+    other = _python("trainer.finetune", "--checkpoint", str(checkpoint), "--backbone", "r2plus1d_18", "--dataset",
+                    "ucf101", "--root", str(ucf101))
+    assert other.returncode == 2 and "not 'r2plus1d_18'" in other.stderr
