@@ -215,10 +215,15 @@ def test_the_timeline_caption_follows_the_sampling_mode(config, index) -> None: 
     random_two = plan(record, 0, 0, 11, SamplingConfig(num_clips=2, frames_per_clip=4, frame_stride=4), config.augment())
     assert describe_timeline(random_two)[1].startswith("t_max global: a clip may start anywhere in 0.00-")
     assert "| 2 clips of " in describe_timeline(random_two)[0] and "starts span" in describe_timeline(random_two)[0]
+    uniform = plan(record, 0, 0, 11, SamplingConfig(num_clips=3, frames_per_clip=4, frame_stride=4,
+                                                     temporal_sampling="uniform", spatial_crops=3), config.augment())
+    assert start_rule(uniform).caption == (f"multi-view test, nothing drawn: 3 clips evenly spaced, clip k starts at "
+                                           f"k/3 of 0.00-{last_start:.2f} s (shaded), 3 crops each: 9 views")
+    assert "| 9 clips of " in describe_timeline(uniform)[0]
     # a mode without its own entry (as a new one would be before it adds it) still gets a sheet caption
     other = centre_three.model_copy(update={"sampling": centre_three.sampling.model_copy(
-        update={"temporal_sampling": "uniform"})})
-    assert start_rule(other).caption.startswith("uniform sampling: starts within 0.00-")
+        update={"temporal_sampling": "future-mode"})})
+    assert start_rule(other).caption.startswith("future-mode sampling: starts within 0.00-")
 
 
 @pytest.mark.parametrize(
