@@ -30,6 +30,7 @@ service, so start them all with the same ``--token``.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -41,6 +42,10 @@ import httpx
 from clipserve.batch import Batch, StreamPosition, steps_per_epoch
 from clipserve.client import ClipStream, ClipStreamError, Transport
 from clipserve.transport.layout import BatchLayout
+
+logger = logging.getLogger(__name__)
+#: While a service does not answer, a warning says so this often (seconds).
+NOTICE_EVERY_SECONDS = 10.0
 
 
 def _check_int(name: str, value: int, minimum: int) -> None:
@@ -75,7 +80,9 @@ def fetch_service_shard(url: str, *, token: str | None = None, wait_seconds: flo
     base = url.rstrip("/")
     token = os.environ.get("CLIPSERVE_TOKEN") if token is None else token
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    deadline = time.monotonic() + wait_seconds
+    started = time.monotonic()
+    deadline = started + wait_seconds
+    next_notice = started + NOTICE_EVERY_SECONDS
     delay_seconds = 0.1
     while True:
         try:
@@ -83,10 +90,16 @@ def fetch_service_shard(url: str, *, token: str | None = None, wait_seconds: flo
             if response.status_code < 500:
                 break
             problem = f"GET /v1/info answered {response.status_code}"
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as error:
+            raise ClipStreamError(f"bad server URL {url!r} ({error}): expected http://HOST:PORT") from None
         except httpx.TransportError as error:
             problem = str(error) or type(error).__name__
-        if time.monotonic() + delay_seconds > deadline:
+        now = time.monotonic()
+        if now + delay_seconds > deadline:
             raise ClipStreamError(f"could not reach clipserve at {base} within {wait_seconds:g} s: {problem}")
+        if now >= next_notice:
+            logger.warning("waiting for clipserve at %s (%s); retrying for %.0f s more", base, problem, deadline - now)
+            next_notice = now + NOTICE_EVERY_SECONDS
         time.sleep(delay_seconds)
         delay_seconds = min(delay_seconds * 2, 2.0)
     if response.status_code >= 400:
