@@ -56,6 +56,9 @@ TRAINER_FLAGS = ["--objective", "moco", "--profile", "cpu", "--backbone", "tiny"
                  "--mlp-hidden-dim", "16", "--output-dim", "8", "--moco-queue-size", "8", "--device", "cpu",
                  "--record-videos", "--log-every-steps", "1"]
 MAX_STEPS = 6  # 3 epochs of 2 steps
+#: The shard services require a token, as services on other hosts must: the trainer sends
+#: CLIPSERVE_TOKEN to every service (``/v1/info`` and the batch streams alike).
+TOKEN = "multinode-test-token"
 PROCESS_TIMEOUT_SECONDS = 240.0
 
 
@@ -69,7 +72,7 @@ class Shards:
             self.services.append(self._start(shard_id, port=0))
 
     def _start(self, shard_id: int, port: int) -> RunningService:
-        args = [*SHARD_ARGS, "--shard-id", str(shard_id), "--num-shards", "2"]
+        args = [*SHARD_ARGS, "--shard-id", str(shard_id), "--num-shards", "2", "--token", TOKEN]
         return start_service(self.root, self.logs / f"shard{shard_id}.log", port=port, extra_args=args)
 
     def url(self, shard_id: int) -> str:
@@ -121,6 +124,7 @@ def _free_port() -> int:
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPSERVE_")}
+    env["CLIPSERVE_TOKEN"] = TOKEN
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
@@ -192,7 +196,7 @@ def _slot_of(batches: list[dict], num_shards: int, world_size: int) -> tuple[int
 
 def _fresh_hashes(url: str, rank: int, world_size: int, count: int, transport: str = "shm") -> list[tuple]:
     with ClipStream(url, rank=rank, world_size=world_size, transport=transport, timeout_seconds=60.0,
-                    reconnect_timeout_seconds=30.0) as stream:
+                    reconnect_timeout_seconds=30.0, token=TOKEN) as stream:
         out = []
         for batch in stream:
             out.append((batch.epoch, batch.step, batch_record(batch.clips.numpy(), batch.video_index, batch.is_padding,
@@ -280,10 +284,12 @@ def test_a_layout_that_leaves_videos_unread_is_refused(shards: Shards, tmp_path:
     message = _refusal(shards.url(1), "--checkpoint-dir", str(tmp_path / "x"))
     assert re.search(r"error: .*serves shard 1 of 2, but this job has 1 node\(s\).*--num-shards 1, or pass all 2 "
                      r"services' URLs to --server", message), message
-    message = _refusal(shards.url(1), "--service-layout", "global", "--checkpoint-dir", str(tmp_path / "y"))
-    assert "shard(s) would never be read: start it with --num-shards 1, or pass all 2 servers' URLs" in message
     # the same checks, from the services' own /v1/info, for a node of a 2-node job
-    infos = [fetch_service_shard(shards.url(k), wait_seconds=30) for k in range(2)]
+    with pytest.raises(ClipStreamError, match=re.escape("bad server URL 'localhost:8000'")):  # at once, no retries
+        fetch_service_shard("localhost:8000", wait_seconds=120)
+    with pytest.raises(ClipStreamError, match=r"/v1/info answered 401: .*missing or wrong token"):
+        fetch_service_shard(shards.url(0), token="", wait_seconds=30)
+    infos = [fetch_service_shard(shards.url(k), token=TOKEN, wait_seconds=30) for k in range(2)]
     node1 = LaunchEnv.from_environ({"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2",
                                     "GROUP_RANK": "1"})
     assert resolve_layout("auto", [infos[1]], node1).rank == 0  # per-node, consumer LOCAL_RANK of 2
@@ -292,6 +298,9 @@ def test_a_layout_that_leaves_videos_unread_is_refused(shards: Shards, tmp_path:
     with pytest.raises(ConfigError, match=r"shard\(s\) \[1\] would never be read"):  # both nodes on shard 0
         resolve_layout("per-node", [infos[0]], node1, node_shards={0: [0, 0], 1: [0, 0]})
     assert resolve_layout("global", infos[::-1], node1).urls == (shards.url(0), shards.url(1))
+    with pytest.raises(ConfigError, match=re.escape("1 shard(s) would never be read: start it with --num-shards 1, "
+                                                    "or pass all 2 servers' URLs")):
+        resolve_layout("global", [infos[1]], LaunchEnv.from_environ({}))
 
 
 # ----- several decode hosts: MultiClipStream ------------------------------------------------------
@@ -313,16 +322,18 @@ def test_several_servers_interleave_deterministically_and_resume_exactly(shards:
     expected_parts = [_fresh_hashes(url, 0, 1, 6, transport="http") for url in urls]
     expected = [(epoch, 2 * step + k, expected_parts[k][i][2])
                 for i, (epoch, step, _) in enumerate(expected_parts[0]) for k in range(2)][:10]
-    with MultiClipStream(urls[::-1], transport="http", timeout_seconds=60) as stream:  # URL order does not matter
+    # the URL order does not matter
+    with MultiClipStream(urls[::-1], transport="http", timeout_seconds=60, token=TOKEN) as stream:
         assert [shard.shard_id for shard in stream.shards] == [0, 1] and stream.steps_per_epoch == 8
         got = _multi_hashes(stream, 7)
         state = stream.state_dict()
     assert got == expected[:7]
     assert state["epoch"] == 0 and state["step"] == 7
-    with MultiClipStream(urls, transport="http", timeout_seconds=60) as resumed:
+    with MultiClipStream(urls, transport="http", timeout_seconds=60, token=TOKEN) as resumed:
         resumed.load_state_dict(state)
         assert _multi_hashes(resumed, 3) == expected[7:10]  # crosses into epoch 1
-    with MultiClipStream(urls, rank=1, world_size=2, start_epoch=0, start_step=3, transport="http") as other:
+    with MultiClipStream(urls, rank=1, world_size=2, start_epoch=0, start_step=3, transport="http",
+                         token=TOKEN) as other:
         # rank 1 of 2: 2 batches per shard and epoch; combined step 3 is shard 1's step 1
         batch = next(other)
         assert (batch.epoch, batch.step) == (0, 3)
@@ -332,9 +343,10 @@ def test_several_servers_interleave_deterministically_and_resume_exactly(shards:
 
 def test_several_servers_wait_for_a_dead_one_then_fail_clearly(shards: Shards) -> None:
     urls = [shards.url(0), shards.url(1)]
-    with MultiClipStream(urls, transport="http", timeout_seconds=60) as straight:
+    with MultiClipStream(urls, transport="http", timeout_seconds=60, token=TOKEN) as straight:
         reference = _multi_hashes(straight, 6)
-    with MultiClipStream(urls, transport="http", timeout_seconds=60, reconnect_timeout_seconds=60) as stream:
+    with MultiClipStream(urls, transport="http", timeout_seconds=60, reconnect_timeout_seconds=60,
+                         token=TOKEN) as stream:
         got = _multi_hashes(stream, 2)
         shards.kill(0)  # shard 0 serves combined steps 2, 4, ...
         restarter = threading.Thread(target=lambda: (time.sleep(2.0), shards.restart(0)))
@@ -344,7 +356,8 @@ def test_several_servers_wait_for_a_dead_one_then_fail_clearly(shards: Shards) -
         finally:
             restarter.join()
     assert got == reference
-    with MultiClipStream(urls, transport="http", timeout_seconds=30, reconnect_timeout_seconds=3) as stream:
+    with MultiClipStream(urls, transport="http", timeout_seconds=30, reconnect_timeout_seconds=3,
+                         token=TOKEN) as stream:
         _multi_hashes(stream, 1)
         shards.kill(1)
         try:
