@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from clipserve.client import ClipStream, ClipStreamError
+from clipserve.client import ClipStream, ClipStreamError, ServiceURLError
 from clipserve.client_multi import MultiClipStream, fetch_service_shard
 from clipserve.plan import epoch_order
 from tests.service_helpers import (
@@ -285,7 +285,7 @@ def test_a_layout_that_leaves_videos_unread_is_refused(shards: Shards, tmp_path:
     assert re.search(r"error: .*serves shard 1 of 2, but this job has 1 node\(s\).*--num-shards 1, or pass all 2 "
                      r"services' URLs to --server", message), message
     # the same checks, from the services' own /v1/info, for a node of a 2-node job
-    with pytest.raises(ClipStreamError, match=re.escape("bad server URL 'localhost:8000'")):  # at once, no retries
+    with pytest.raises(ServiceURLError, match=re.escape("service URL 'localhost:8000' has no scheme")):  # at once
         fetch_service_shard("localhost:8000", wait_seconds=120)
     with pytest.raises(ClipStreamError, match=r"/v1/info answered 401: .*missing or wrong token"):
         fetch_service_shard(shards.url(0), token="", wait_seconds=30)
