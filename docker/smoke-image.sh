@@ -12,6 +12,10 @@ set -euo pipefail
 IMAGE=${IMAGE:-localhost/clipserve:latest}
 PORT=${PORT:-18431}
 
+# the image's own HEALTHCHECK command (kept by --format docker), run inside once the service is up
+healthcheck=$(buildah inspect --type image "$IMAGE" | python3 -c \
+  'import json, sys; test = json.load(sys.stdin)["Docker"]["config"]["Healthcheck"]["Test"]; assert test[0] == "CMD-SHELL", test; print(test[1])')
+
 ctr=$(buildah from --quiet "$IMAGE")
 trap 'buildah rm "$ctr" >/dev/null' EXIT
 
@@ -42,6 +46,8 @@ for _ in range(300):
 else:
     sys.exit(\"smoke: no answer from \" + url)" "http://127.0.0.1:$port/healthz"
 echo "smoke: clipserve start healthy in $(( $(date +%s) - start_s )) s"
+CLIPSERVE_PORT=$port sh -c "$2"
+echo "smoke: the image HEALTHCHECK passes: $2"
 
 start_s=$(date +%s)
 python -m trainer --server "http://127.0.0.1:$port" --transport shm \
@@ -52,4 +58,4 @@ echo "smoke: trainer done in $(( $(date +%s) - start_s )) s; $(wc -l < /tmp/trai
 kill -TERM "$service_pid"
 wait "$service_pid"
 echo "smoke: service stopped cleanly; all three ran inside the image"
-' smoke "$PORT"
+' smoke "$PORT" "$healthcheck"
