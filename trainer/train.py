@@ -69,7 +69,8 @@ def make_source(config: TrainConfig, rank: int, world_size: int) -> Any:
         )
     slot = consumer_slot(config.server.split(), config.service_layout, rank=rank, world_size=world_size)
     log(slot.describe())
-    return open_clip_stream(list(slot.urls), rank=slot.rank, world_size=slot.world_size, transport=config.transport)
+    return open_clip_stream(list(slot.urls), rank=slot.rank, world_size=slot.world_size, transport=config.transport,
+                            expected_shard=slot.shards[0] if len(slot.shards) == 1 else None)
 
 
 def batch_record(batch: Any) -> dict[str, Any]:
