@@ -15,13 +15,13 @@ decode worker) is pinned to a core of its own with ``taskset -c``, and batches t
    median includes the service decoding the next batch on the same core meanwhile (as on a busy
    decode host); the minimum is closest to the transport alone.
 
-Over HTTP, the batches leave through the service's REST process, which runs at
-``--control-plane-nice`` (default 19) below the decode workers; ``--control-plane-nice 0`` gives
-it equal priority.
+Over HTTP, the batches leave through the service's REST process. The service runs it at
+``--control-plane-nice 19`` by default, below the decode workers; a decode host serving HTTP runs
+it at 0, and so does this benchmark (``--control-plane-nice 19`` measures the default instead).
 
-Prints one JSON object and a one-line summary; takes about 3 minutes on 2 cores.
+Prints one JSON object and a one-line summary; takes 1–3 minutes on 2 cores (the dataset is built once).
 
-    .venv/bin/python benchmarks/multi_server.py [--root DIR] [--batches 8] [--repeats 3]
+    .venv/bin/python benchmarks/multi_server.py [--root DIR] [--batches 8] [--repeats 5] [--control-plane-nice 0]
 
 Without ``--root`` the small synthetic dataset of ``benchmarks/service.py`` is used (built once
 under ``/tmp/clipserve-bench/k400``). The cores must be free for the figures to mean anything: on
@@ -177,11 +177,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=None, help="K400-layout dataset (default: a small synthetic one)")
     parser.add_argument("--batches", type=int, default=8, help="timed batches per window (two servers: twice as many)")
-    parser.add_argument("--repeats", type=int, default=3, help="paired windows (one server, then two)")
+    parser.add_argument("--repeats", type=int, default=5, help="paired windows (one server, then two)")
     parser.add_argument("--transport-rounds", type=int, default=3, help="rounds of ready batches timed per transport")
-    parser.add_argument("--control-plane-nice", type=int, default=19,
-                        help="every server's --control-plane-nice: its REST process sends the HTTP batches (default: "
-                             "the service's default, 19)")
+    parser.add_argument("--control-plane-nice", type=int, default=0,
+                        help="every server's --control-plane-nice: its REST process sends the HTTP batches, so a decode "
+                             "host runs it at 0, the decode workers' priority (the service's default is 19)")
     args = parser.parse_args()
     if len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("needs 2 cores (one per simulated host)")

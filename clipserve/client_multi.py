@@ -22,7 +22,8 @@ ids must be exactly 0..K-1 of K, with one dataset size, batch layout and seed; a
 missing shard would leave its videos unread) raises :class:`ClipStreamError` saying what to start.
 A service that goes away is waited for: its ``ClipStream`` re-attaches at the same position for
 up to ``reconnect_timeout_seconds`` (the other shards wait too, so the order stays fixed), then
-:class:`ClipStreamError` names the URL and its shard.
+:class:`ClipStreamError` names the URL and its shard. A service that comes back serving another
+shard is refused too (:class:`ShardCheckedStream`).
 
 **Tokens.** One ``token`` (default: the ``CLIPSERVE_TOKEN`` environment variable) is sent to every
 service, so start them all with the same ``--token``.
@@ -157,6 +158,66 @@ def order_shard_set(shards: Sequence[ServiceShard]) -> list[ServiceShard]:
     return ordered
 
 
+def check_same_shard(expected: ServiceShard, *, token: str | None = None, wait_seconds: float = 30.0) -> None:
+    """After a re-attach: the service at ``expected.url`` must still serve the same shard of the same
+    epoch (a restart with other flags would make the stream skip or repeat videos).
+
+    Raises:
+        ClipStreamError: it now reports another shard, shard count, dataset size, batch size or seed.
+    """
+    now = fetch_service_shard(expected.url, token=token, wait_seconds=wait_seconds)
+    fields = ("shard_id", "num_shards", "num_videos", "batch_size", "seed")
+    changed = [f"{name} {getattr(expected, name)} -> {getattr(now, name)}" for name in fields
+               if getattr(now, name) != getattr(expected, name)]
+    if changed:
+        raise ClipStreamError(
+            f"{expected.url} came back with other settings ({', '.join(changed)}); reading on would skip or repeat "
+            f"videos: restart it with --shard-id {expected.shard_id} --num-shards {expected.num_shards} and the "
+            "flags it had"
+        )
+
+
+class ShardCheckedStream:
+    """A :class:`ClipStream` of one shard service that re-reads ``/v1/info`` after every re-attach
+    (its ``consumer_id`` changed) and stops with :class:`ClipStreamError` if the service came back
+    serving another shard (:func:`check_same_shard`). Iteration, ``state_dict``/``load_state_dict``
+    and ``close`` are the stream's."""
+
+    def __init__(self, stream: ClipStream, shard: ServiceShard, *, token: str | None = None) -> None:
+        self.stream = stream
+        self.shard = shard
+        self._token = token
+
+    def __iter__(self) -> ShardCheckedStream:
+        return self
+
+    def __next__(self) -> Batch:
+        before = self.stream.consumer_id
+        batch = next(self.stream)
+        if before is not None and self.stream.consumer_id != before:
+            try:
+                check_same_shard(self.shard, token=self._token)
+            except ClipStreamError:
+                batch.release()
+                raise
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stream.load_state_dict(state)
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def __enter__(self) -> ShardCheckedStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 def combined_steps_per_epoch(shard: ServiceShard, *, world_size: int) -> int:
     """Batches per combined epoch of one consumer: K · S (S = one shard's batches for that consumer)."""
     per_shard = steps_per_epoch(shard.num_videos, batch_size=shard.batch_size, num_shards=shard.num_shards,
@@ -224,7 +285,7 @@ class MultiClipStream:
         self._token = token
         self._next = StreamPosition(start_epoch, start_step)
         self._shards: list[ServiceShard] | None = None
-        self._streams: list[ClipStream] = []
+        self._streams: list[ShardCheckedStream] = []
         self._steps_per_epoch: int | None = None
         self._current: Batch | None = None
         self._closed = False
@@ -344,8 +405,11 @@ class MultiClipStream:
         if self._next.step >= self._steps_per_epoch:
             raise ValueError(f"start step ({self._next.step}) must be < steps_per_epoch ({self._steps_per_epoch}) "
                              f"of the {len(self._shards)} shards combined")
-        self._streams = [ClipStream(shard.url, rank=self.rank, world_size=self.world_size, **self._stream_options)
-                         for shard in self._shards]
+        self._streams = [
+            ShardCheckedStream(ClipStream(shard.url, rank=self.rank, world_size=self.world_size, **self._stream_options),
+                               shard, token=self._token)
+            for shard in self._shards
+        ]
         self._position_streams()
 
     def _position_streams(self) -> None:

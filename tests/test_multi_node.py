@@ -71,8 +71,9 @@ class Shards:
         for shard_id in range(2):
             self.services.append(self._start(shard_id, port=0))
 
-    def _start(self, shard_id: int, port: int) -> RunningService:
-        args = [*SHARD_ARGS, "--shard-id", str(shard_id), "--num-shards", "2", "--token", TOKEN]
+    def _start(self, shard_id: int, port: int, serve_shard: int | None = None) -> RunningService:
+        served = shard_id if serve_shard is None else serve_shard
+        args = [*SHARD_ARGS, "--shard-id", str(served), "--num-shards", "2", "--token", TOKEN]
         return start_service(self.root, self.logs / f"shard{shard_id}.log", port=port, extra_args=args)
 
     def url(self, shard_id: int) -> str:
@@ -88,8 +89,9 @@ class Shards:
             path = Path("/dev/shm", name)
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
-    def restart(self, shard_id: int) -> None:
-        self.services[shard_id] = self._start(shard_id, port=self.services[shard_id].port)
+    def restart(self, shard_id: int, serve_shard: int | None = None) -> None:
+        """Start service ``shard_id`` again on its port (serving ``serve_shard`` if given: a wrong restart)."""
+        self.services[shard_id] = self._start(shard_id, port=self.services[shard_id].port, serve_shard=serve_shard)
 
     def close(self) -> None:
         for service in self.services:
@@ -365,3 +367,19 @@ def test_several_servers_wait_for_a_dead_one_then_fail_clearly(shards: Shards) -
                 _multi_hashes(stream, 4)
         finally:
             shards.restart(1)
+
+
+def test_several_servers_refuse_a_service_that_comes_back_with_another_shard(shards: Shards) -> None:
+    urls = [shards.url(0), shards.url(1)]
+    with MultiClipStream(urls, transport="http", timeout_seconds=60, reconnect_timeout_seconds=60,
+                         token=TOKEN) as stream:
+        _multi_hashes(stream, 1)
+        shards.kill(0)
+        shards.restart(0, serve_shard=1)  # an operator's mistake: shard 0's host now serves shard 1 too
+        try:
+            with pytest.raises(ClipStreamError, match=re.escape(f"{shards.url(0)} came back with other settings "
+                                                                "(shard_id 0 -> 1)")):
+                _multi_hashes(stream, 2)
+        finally:
+            shards.kill(0)
+            shards.restart(0)

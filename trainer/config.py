@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     A boolean flag alone means true (``--resume``); ``--resume false`` or ``--resume=false`` too.
     """
     parser = _Parser(prog="python -m trainer", allow_abbrev=False, add_help=False,
-                     usage="python -m trainer --objective {moco,byol,simclr,swav} --server URL [--key value ...]",
+                     usage="python -m trainer --objective {moco,byol,simclr,swav} --server URL [URL ...] "
+                           "[--key value ...]",
                      description="Presets: the objective's paper hyperparameters, then --profile, then your flags.")
     add_model_arguments(parser, TrainConfig, converter=_converter, bool_values=True)
     return parser

@@ -113,7 +113,7 @@ def consumer_slot(
 
 def open_clip_stream(
     server: str | Sequence[str], *, rank: int, world_size: int, start_epoch: int = 0, start_step: int = 0,
-    transport: str = "shm", attach_timeout_seconds: float = 120.0,
+    transport: str = "shm", attach_timeout_seconds: float = 120.0, expected_shard: Any = None,
 ) -> Any:
     """Attach to a clipserve service as consumer ``rank`` of ``world_size`` (attaches lazily, on the
     first batch, so a resume's ``load_state_dict`` comes first).
@@ -122,6 +122,8 @@ def open_clip_stream(
     start_step=…, transport=…, reconnect_timeout_seconds=attach_timeout_seconds)``; several (the shards
     of one epoch, on several decode hosts): ``clipserve.client_multi.MultiClipStream`` with the same
     arguments. A malformed URL raises ``clipserve.client.ServiceURLError`` here, at once.
+    ``expected_shard`` (a ``ServiceShard``, one URL): after a re-attach, the service must still serve
+    that shard (``ShardCheckedStream``).
     """
     urls = server.split() if isinstance(server, str) else list(server)
     if not urls:
@@ -133,5 +135,10 @@ def open_clip_stream(
                                transport=transport, reconnect_timeout_seconds=attach_timeout_seconds)  # type: ignore[arg-type]
     from clipserve.client import ClipStream
 
-    return ClipStream(urls[0], rank=rank, world_size=world_size, start_epoch=start_epoch, start_step=start_step,
-                      transport=transport, reconnect_timeout_seconds=attach_timeout_seconds)  # type: ignore[arg-type]
+    stream = ClipStream(urls[0], rank=rank, world_size=world_size, start_epoch=start_epoch, start_step=start_step,
+                        transport=transport, reconnect_timeout_seconds=attach_timeout_seconds)  # type: ignore[arg-type]
+    if expected_shard is None:
+        return stream
+    from clipserve.client_multi import ShardCheckedStream
+
+    return ShardCheckedStream(stream, expected_shard)

@@ -91,6 +91,8 @@ class ConsumerSlot:
     """In shard order."""
     rank: int
     world_size: int
+    shards: tuple[ServiceShard, ...] = ()
+    """What each service reported, in the order of ``urls`` (checked again after a re-attach)."""
 
     def describe(self) -> str:
         return (f"{self.layout} layout: consumer {self.rank} of {self.world_size} on "
@@ -122,7 +124,8 @@ def resolve_layout(layout: str, shards: Sequence[ServiceShard], launch: LaunchEn
         hint = ("; for one service per node, pass only this node's service and --service-layout per-node"
                 if len(shards) == 1 else "")
         raise ConfigError(f"--service-layout global: {error}{hint}") from None
-    return ConsumerSlot("global", tuple(shard.url for shard in ordered), launch.rank, launch.world_size)
+    return ConsumerSlot("global", tuple(shard.url for shard in ordered), launch.rank, launch.world_size,
+                        tuple(ordered))
 
 
 def node_shard_map(gathered: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
@@ -160,7 +163,7 @@ def _per_node(shards: Sequence[ServiceShard], launch: LaunchEnv,
             f"(GROUP_RANK): point --server at this node's service, or start it with --shard-id {launch.node_rank} "
             f"--num-shards {nodes}"
         )
-    return ConsumerSlot("per-node", (shard.url,), launch.local_rank, launch.local_world_size)
+    return ConsumerSlot("per-node", (shard.url,), launch.local_rank, launch.local_world_size, (shard,))
 
 
 def _check_node_shards(shard: ServiceShard, launch: LaunchEnv, node_shards: Mapping[int, Sequence[int]]) -> None:

@@ -71,7 +71,8 @@ def make_source(config: TrainConfig, rank: int, world_size: int) -> Any:
                          attach_timeout_seconds=config.attach_timeout_seconds)
     log(slot.describe())
     return open_clip_stream(list(slot.urls), rank=slot.rank, world_size=slot.world_size, transport=config.transport,
-                            attach_timeout_seconds=config.attach_timeout_seconds)
+                            attach_timeout_seconds=config.attach_timeout_seconds,
+                            expected_shard=slot.shards[0] if len(slot.shards) == 1 else None)
 
 
 def batch_record(batch: Any) -> dict[str, Any]:
