@@ -202,6 +202,16 @@ class ShardCheckedStream:
                 raise
         return batch
 
+    @property
+    def url(self) -> str:
+        """The shard service's base URL."""
+        return self.stream.url
+
+    @property
+    def layout(self) -> BatchLayout:
+        """The batch layout the service announced (attaches first if needed): ``ClipStream.layout``."""
+        return self.stream.layout
+
     def state_dict(self) -> dict[str, Any]:
         return self.stream.state_dict()
 
