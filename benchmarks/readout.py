@@ -19,8 +19,10 @@ Rows (each over ``--seeds`` seeds, mean ± std of top-1 %):
 Every run is bounded by steps. ``--minutes-per-run`` is only a safety net far above a run's
 expected time: a run it cuts is reported under ``failed_runs`` and left out of the means.
 
-    python benchmarks/readout.py                        # 2 seeds (~25 min on an idle 2-core VM, estimated)
-    python benchmarks/readout.py --seeds 3 --pretrain-steps 800 --linear-steps 300 --finetune-steps 200
+    python benchmarks/readout.py                        # 2 seeds (2026-12-07, shared 2-core VM: the first run took
+                                                        # 11.2 min, 6.2 of them pre-training, with 150 fine-tuning
+                                                        # steps; a rerun on its checkpoints, 600 steps: 3.8 min)
+    python benchmarks/readout.py --seeds 3 --linear-steps 500 --finetune-steps 800
 
 Pre-trained checkpoints are kept in ``<out>/<objective>-seed<N>`` and reused by a later run with the
 same ``--pretrain-steps`` (``--fresh`` trains them again). Output: ``<out>/results.json`` and the JSON
@@ -93,7 +95,7 @@ def linear_command(args: argparse.Namespace, init: str, seed: int) -> list[str]:
 
 def finetune_command(args: argparse.Namespace, init: str, seed: int) -> list[str]:
     return [sys.executable, "-m", "trainer.finetune", "--checkpoint", init_checkpoint(args, init, seed), "--backbone",
-            "tiny", "--dataset", "ucf101", "--root", str(args.transfer_data), "--split-id", "1", "--profile", "cpu",
+            "tiny", "--dataset", "ucf101", "--root", str(args.transfer_data), "--split-id", "1", "--profile", "cpu", "--preset", "cosine",
             "--max-steps", str(args.finetune_steps), "--seed", str(seed),
             "--out-dir", str(args.out / f"finetune-{init}-seed{seed}"), "--max-seconds", str(args.minutes_per_run * 60)]
 
@@ -118,7 +120,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=2, help="seeds per row (>= 2)")
     parser.add_argument("--pretrain-steps", type=int, default=800, help="ρMoCo / ρBYOL pre-training steps")
     parser.add_argument("--linear-steps", type=int, default=250, help="trainer.linear steps (10 epochs of 400 at B=16)")
-    parser.add_argument("--finetune-steps", type=int, default=150, help="trainer.finetune steps (30 epochs of 80)")
+    parser.add_argument("--finetune-steps", type=int, default=600, help="trainer.finetune steps (120 epochs of 80)")
     parser.add_argument("--transfer-videos-per-class", type=int, default=12,
                         help="videos a class in the transfer world (split 1: 8 train, 4 test)")
     parser.add_argument("--parallel", type=int, default=2, help="runs in flight at once")

@@ -195,10 +195,26 @@ def test_finetune_trains_the_whole_network_on_an_official_split(ucf101: Path, ch
     (split,) = result["splits"]
     assert (split["steps"], split["test_split"], split["schedule"]) == (3, "test", "step")
     assert result["top1_mean"] == split["top1"] and 0.0 <= split["top1"] <= split["top5"] <= 1.0
-    assert "dropout 0.8" in result["protocol"]
+    assert "dropout 0.0" in result["protocol"]  # the cpu profile; the paper preset's 0.8 below
     pretrained = _backbone_state(checkpoint / "last.pt", "backbone.")
     tuned = _backbone_state(tmp_path / "split2" / "last.pt", "backbone.")
     assert any(not torch.equal(tuned[k], v) for k, v in pretrained.items() if v.is_floating_point())
+
+
+def test_finetune_presets_are_the_papers_and_the_repos() -> None:
+    from trainer.readout_config import FinetuneConfig, LinearConfig, parse_config
+
+    common = ["--checkpoint", "random", "--dataset", "ucf101", "--root", "/data"]
+    paper = parse_config(FinetuneConfig, common, prog="finetune", description="")
+    assert (paper.dropout, paper.schedule, paper.base_lr, paper.reference_batch_size, paper.epochs) == \
+        (0.8, "step", 0.025, 64, 200.0)
+    assert paper.milestones == (0.3, 0.6, 0.9) and paper.weight_decay == 0.0  # x0.1 at epochs 60/120/180 of 200
+    cosine = parse_config(FinetuneConfig, [*common, "--preset", "cosine"], prog="finetune", description="")
+    assert (cosine.schedule, cosine.base_lr, cosine.dropout) == ("cosine", 0.01, 0.8)
+    linear = parse_config(LinearConfig, ["--checkpoint", "random", "--dataset", "k400", "--root", "/data"],
+                          prog="linear", description="")
+    assert (linear.epochs, linear.warmup_epochs, linear.base_lr, linear.reference_batch_size, linear.weight_decay,
+            linear.test_num_clips, linear.test_spatial_crops, linear.test_crop_size) == (60, 8, 4.0, 512, 0.0, 10, 3, 256)
 
 
 def test_finetune_refuses_bad_splits_and_datasets(ucf101: Path, learnable: Path, checkpoint: Path) -> None:

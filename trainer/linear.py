@@ -20,6 +20,9 @@ since it makes one learning rate fit every checkpoint). The paper's repo detache
 BN statistics keep moving: here they do not. Optimiser: SGD, momentum 0.9, weight decay 0, linear
 warm-up then half-cosine; the paper's preset is 60 epochs, 8 warm-up, lr 4.0 at 512 videos a batch.
 
+Datasets: any with a labelled held-out split (Kinetics and folder: train → val; ucf101/hmdb51: split
+1's train → test list; ``--train-split`` / ``--test-split`` name others).
+
 Test: softmax of every view averaged over a video's K·S views; top-1 and top-5 over the test split.
 Resumable (``--resume``: ``--out-dir/last.pt``). Prints one JSON line (also ``--out-dir/result.json``);
 exit status 2 on a user error, 3 for a run cut by the ``--max-seconds`` safety net (reported as failed).

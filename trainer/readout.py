@@ -324,7 +324,7 @@ def fit(model: VideoClassifier, source: Any, *, max_steps: int, lr_at: Callable[
         result.losses.append(loss.item())
         step += 1
         if step % log_every_steps == 0 or step == max_steps:
-            print(json.dumps({"step": step, "loss": round(float(loss), 5), "lr": lr}), file=sys.stderr, flush=True)
+            print(json.dumps({"step": step, "loss": round(result.losses[-1], 5), "lr": lr}), file=sys.stderr, flush=True)
         if step % checkpoint_every_steps == 0 and step < max_steps:
             save(step)
     save(step)
