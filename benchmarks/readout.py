@@ -7,8 +7,8 @@ Rows (each over ``--seeds`` seeds, mean ± std of top-1 %):
   200 val): for a random-init backbone and the ρMoCo and ρBYOL checkpoints (ρ = 2, global sampling,
   pre-trained as ``benchmarks/learning.py`` does, ``--pretrain-steps`` steps): kNN (k = 20 on the
   mean feature of ``--eval-clips`` centre-placed clips, learning.py's monitor), and
-  ``python -m trainer.linear --profile cpu`` (frozen backbone, BN + linear head, SGD + warm-up +
-  cosine for ``--linear-steps`` steps on the augmented ρ = 1 stream, then the multi-view test: 4
+  ``python -m trainer.linear --profile cpu`` (frozen backbone, BN + linear head, SGD at lr 0.5,
+  warm-up + cosine for ``--linear-steps`` steps on the augmented ρ = 1 stream, then the multi-view test: 4
   clips evenly spaced per val video, softmax averaged; one spatial crop, the frames being square);
 - **transfer** (``make-sample --preset transfer --layout ucf101``: the same world with 10 categories
   the pre-training never saw, ``--transfer-videos-per-class`` videos a class, so official split 1 has
@@ -22,7 +22,7 @@ expected time: a run it cuts is reported under ``failed_runs`` and left out of t
     python benchmarks/readout.py                        # 2 seeds (2026-12-07, shared 2-core VM: the first run took
                                                         # 11.2 min, 6.2 of them pre-training, with 150 fine-tuning
                                                         # steps; a rerun on its checkpoints, 600 steps: 3.8 min)
-    python benchmarks/readout.py --seeds 3 --linear-steps 500 --finetune-steps 800
+    python benchmarks/readout.py --seeds 3 --linear-steps 1000 --finetune-steps 800
 
 Pre-trained checkpoints are kept in ``<out>/<objective>-seed<N>`` and reused by a later run with the
 same ``--pretrain-steps`` (``--fresh`` trains them again). Output: ``<out>/results.json`` and the JSON
@@ -119,7 +119,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-out" / "readout")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per row (>= 2)")
     parser.add_argument("--pretrain-steps", type=int, default=800, help="ρMoCo / ρBYOL pre-training steps")
-    parser.add_argument("--linear-steps", type=int, default=250, help="trainer.linear steps (10 epochs of 400 at B=16)")
+    parser.add_argument("--linear-steps", type=int, default=500, help="trainer.linear steps (20 epochs of 400 at B=16)")
     parser.add_argument("--finetune-steps", type=int, default=600, help="trainer.finetune steps (120 epochs of 80)")
     parser.add_argument("--transfer-videos-per-class", type=int, default=12,
                         help="videos a class in the transfer world (split 1: 8 train, 4 test)")

@@ -227,3 +227,20 @@ def test_finetune_refuses_bad_splits_and_datasets(ucf101: Path, learnable: Path,
     other = _python("trainer.finetune", "--checkpoint", str(checkpoint), "--backbone", "r2plus1d_18", "--dataset",
                     "ucf101", "--root", str(ucf101))
     assert other.returncode == 2 and "not 'r2plus1d_18'" in other.stderr
+
+
+def test_the_time_cap_is_a_safety_net_whose_cut_run_is_not_completed(tmp_path: Path) -> None:
+    from trainer.backbones import build_backbone
+    from trainer.data import SyntheticClipStream
+    from trainer.readout import VideoClassifier, fit
+
+    backbone, dim = build_backbone("tiny")
+    model = VideoClassifier(backbone, dim, 4, freeze_backbone=True)
+    stream = SyntheticClipStream(batch_size=2, num_clips=1, frames=2, size_pixels=16, num_videos=8)
+    common = dict(lr_at=lambda step: 0.1, weight_decay=0.0, momentum=0.9, device=torch.device("cpu"),
+                  config={"run": 1}, log_every_steps=1)
+    cut = fit(model, stream, max_steps=3, max_seconds=1e-9, out_dir=tmp_path / "cut", resume=False, **common)
+    assert (cut.completed, cut.steps_done, cut.stopped_by) == (False, 0, "the --max-seconds safety net") and (tmp_path / "cut" / "last.pt").is_file()
+    whole = fit(model, SyntheticClipStream(batch_size=2, num_clips=1, frames=2, size_pixels=16, num_videos=8),
+                max_steps=3, max_seconds=3600.0, out_dir=tmp_path / "whole", resume=False, **common)
+    assert (whole.completed, whole.steps_done, len(whole.losses)) == (True, 3, 3)

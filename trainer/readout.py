@@ -254,6 +254,8 @@ class FitResult:
     completed: bool
     """False when the ``max_seconds`` safety net or Ctrl-C cut the run before ``max_steps``."""
     first_step: int = 0
+    stopped_by: str | None = None
+    """Why a run stopped before ``max_steps``: '--stop-after-steps', 'the --max-seconds safety net' or 'Ctrl-C'."""
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -270,7 +272,8 @@ def fit(model: VideoClassifier, source: Any, *, max_steps: int, lr_at: Callable[
     from it (its ``config`` must equal ``config`` but for the run length), so a resumed run sees the
     same batches and ends with the same weights as one never stopped. ``max_seconds`` (> 0) is a
     safety net: it stops the run (saved, resumable) and the result says ``completed=False``;
-    ``stop_after_steps`` stops this invocation after that many steps the same way (a run in parts).
+    ``stop_after_steps`` stops this invocation after that many steps the same way (a run in parts), and so
+    does a first Ctrl-C (after the current step; a second one aborts).
     """
     params = model.head_parameters()
     optimizer = torch.optim.SGD(params, lr=lr_at(0), momentum=momentum, weight_decay=weight_decay)
@@ -300,33 +303,41 @@ def fit(model: VideoClassifier, source: Any, *, max_steps: int, lr_at: Callable[
     began = time.monotonic()
     step = start
     iterator = iter(source)
-    while step < max_steps:
-        if stop_after_steps is not None and step - start >= stop_after_steps:
-            print(f"[{log_prefix}] stopping after {stop_after_steps} steps (--stop-after-steps) at step {step} of "
-                  f"{max_steps}; continue with --resume", file=sys.stderr)
-            break
-        if max_seconds > 0 and time.monotonic() - began > max_seconds:
-            print(f"[{log_prefix}] safety net: --max-seconds {max_seconds:g} reached at step {step} of {max_steps}; "
-                  "the run is saved and counts as failed (resume with --resume)", file=sys.stderr)
-            break
-        batch = next(iterator)
-        x = normalize_clips(batch.clips, device)  # (B, ρ, C, T, H, W)
-        labels = torch.as_tensor(batch.label).long().to(device).repeat_interleave(x.shape[1])  # (B·ρ,)
-        if hasattr(batch, "release"):
-            batch.release()
-        lr = lr_at(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss = F.cross_entropy(model(x.flatten(0, 1)), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        result.losses.append(loss.item())
-        step += 1
-        if step % log_every_steps == 0 or step == max_steps:
-            print(json.dumps({"step": step, "loss": round(result.losses[-1], 5), "lr": lr}), file=sys.stderr, flush=True)
-        if step % checkpoint_every_steps == 0 and step < max_steps:
-            save(step)
+    from trainer.train import _GracefulInterrupt  # the trainer's Ctrl-C handling: finish the step, save, stop
+
+    with _GracefulInterrupt() as ctrl_c:
+        while step < max_steps:
+            if stop_after_steps is not None and step - start >= stop_after_steps:
+                print(f"[{log_prefix}] stopping after {stop_after_steps} steps (--stop-after-steps) at step {step} of "
+                      f"{max_steps}; continue with --resume", file=sys.stderr)
+                result.stopped_by = "--stop-after-steps"
+                break
+            if max_seconds > 0 and time.monotonic() - began > max_seconds:
+                print(f"[{log_prefix}] safety net: --max-seconds {max_seconds:g} reached at step {step} of {max_steps}; "
+                      "the run is saved and counts as failed (resume with --resume)", file=sys.stderr)
+                result.stopped_by = "the --max-seconds safety net"
+                break
+            if ctrl_c.requested:  # first Ctrl-C: this step finished; saved below, resumable
+                result.stopped_by = "Ctrl-C"
+                break
+            batch = next(iterator)
+            x = normalize_clips(batch.clips, device)  # (B, ρ, C, T, H, W)
+            labels = torch.as_tensor(batch.label).long().to(device).repeat_interleave(x.shape[1])  # (B·ρ,)
+            if hasattr(batch, "release"):
+                batch.release()
+            lr = lr_at(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = F.cross_entropy(model(x.flatten(0, 1)), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            result.losses.append(loss.item())
+            step += 1
+            if step % log_every_steps == 0 or step == max_steps:
+                print(json.dumps({"step": step, "loss": round(result.losses[-1], 5), "lr": lr}), file=sys.stderr, flush=True)
+            if step % checkpoint_every_steps == 0 and step < max_steps:
+                save(step)
     save(step)
     result.steps_done, result.completed = step, step >= max_steps
     result.seconds = time.monotonic() - began
@@ -451,9 +462,8 @@ def run_protocol(config: Any, *, freeze_backbone: bool, split_id: int, out_dir: 
             "checkpoint_dir": str(out_dir),
         }
         if not fitted.completed:
-            why = ("--stop-after-steps" if config.stop_after_steps is not None
-                   and fitted.steps_done - fitted.first_step >= config.stop_after_steps else "the --max-seconds safety net")
-            result["error"] = f"stopped at step {fitted.steps_done} of {max_steps} by {why}: not completed (continue with --resume)"
+            result["error"] = (f"stopped at step {fitted.steps_done} of {max_steps} by {fitted.stopped_by}: not completed "
+                               "(continue with --resume)")
             return result
         source = open_clip_stream(test_url, rank=0, world_size=1)
         try:
