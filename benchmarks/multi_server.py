@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -47,9 +46,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.service import _ensure_dataset, _stop  # noqa: E402
+from benchmarks.service import _ensure_dataset, _stop, launch_service  # noqa: E402
 
-READY = re.compile(r"serving \d+ videos at (http://\S+?)/? ")
 THROUGHPUT = {"crop_size": 112, "num_clips": 2, "frames_per_clip": 8, "frame_stride": 8, "batch_size": 8}
 TRANSPORT = {"crop_size": 224, "num_clips": 4, "frames_per_clip": 8, "frame_stride": 8, "batch_size": 8}
 
@@ -66,20 +64,7 @@ def start_pinned(root: Path, core: int, settings: dict[str, int], log_path: Path
                "--crop-size", str(settings["crop_size"]), "--num-clips", str(settings["num_clips"]),
                "--frames-per-clip", str(settings["frames_per_clip"]), "--frame-stride", str(settings["frame_stride"]),
                "--batch-size", str(settings["batch_size"])]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPSERVE_")}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env,
-                                   start_new_session=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        match = READY.search(log_path.read_text(errors="replace"))
-        if match:
-            return process, match.group(1).rstrip("/")
-        if process.poll() is not None:
-            break
-        time.sleep(0.1)
-    _stop(process)
-    raise RuntimeError(f"service did not start:\n{log_path.read_text(errors='replace')}")
+    return launch_service(command, log_path)
 
 
 def timed_window(batches: Any, warmup: int, timed: int) -> float:

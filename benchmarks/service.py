@@ -122,6 +122,12 @@ def _start_service(root: Path, args: argparse.Namespace, log_path: Path) -> tupl
                "--no-progress", "--log-level", "warning"]
     for key, value in _settings(args).items():
         command += [flags[key], str(value)]
+    return launch_service(command, log_path)
+
+
+def launch_service(command: list[str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Run a ``clipserve start`` command line (its own session, no ``CLIPSERVE_*`` variables, output
+    to ``log_path``) and wait up to 180 s for its ready line; returns (process, base URL)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPSERVE_")}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env,

@@ -17,7 +17,6 @@ The bug this guards against: ranks attaching with the job's global rank to per-n
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
