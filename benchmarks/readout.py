@@ -19,9 +19,7 @@ Rows (each over ``--seeds`` seeds, mean ± std of top-1 %):
 Every run is bounded by steps. ``--minutes-per-run`` is only a safety net far above a run's
 expected time: a run it cuts is reported under ``failed_runs`` and left out of the means.
 
-    python benchmarks/readout.py                        # 2 seeds (2026-12-07, shared 2-core VM: the first run took
-                                                        # 11.2 min, 6.2 of them pre-training, with 150 fine-tuning
-                                                        # steps; a rerun on its checkpoints, 600 steps: 3.8 min)
+    python benchmarks/readout.py                        # 2 seeds: 8.4 min (2026-12-07, shared 2-core VM, data built)
     python benchmarks/readout.py --seeds 3 --linear-steps 1000 --finetune-steps 800
 
 Pre-trained checkpoints are kept in ``<out>/<objective>-seed<N>`` and reused by a later run with the

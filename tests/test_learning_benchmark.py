@@ -119,7 +119,7 @@ def _readout_benchmark():  # type: ignore[no-untyped-def]
 
 def test_readout_benchmark_runs_reach_the_protocols_parsers_bounded_by_steps(tmp_path: Path) -> None:
     from trainer.eval_services import service_command
-    from trainer.readout import readout_views
+    from trainer.readout_run import readout_views
     from trainer.readout_config import FinetuneConfig, LinearConfig, parse_config
 
     readout = _readout_benchmark()

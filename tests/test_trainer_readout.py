@@ -232,7 +232,8 @@ def test_finetune_refuses_bad_splits_and_datasets(ucf101: Path, learnable: Path,
 def test_the_time_cap_is_a_safety_net_whose_cut_run_is_not_completed(tmp_path: Path) -> None:
     from trainer.backbones import build_backbone
     from trainer.data import SyntheticClipStream
-    from trainer.readout import VideoClassifier, fit
+    from trainer.readout import VideoClassifier
+    from trainer.readout_fit import fit
 
     backbone, dim = build_backbone("tiny")
     model = VideoClassifier(backbone, dim, 4, freeze_backbone=True)

@@ -26,7 +26,8 @@ import statistics
 import sys
 from typing import Any
 
-from trainer.readout import ReadoutError, print_result, run_protocol
+from trainer.readout import ReadoutError
+from trainer.readout_run import print_result, run_protocol
 from trainer.readout_config import FinetuneConfig, parse_config
 
 DATASETS = ("ucf101", "hmdb51")

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import sys
 
-from trainer.readout import ReadoutError, print_result, run_protocol
+from trainer.readout import ReadoutError
+from trainer.readout_run import print_result, run_protocol
 from trainer.readout_config import LinearConfig, parse_config
 
 
