@@ -3,11 +3,12 @@
 Hosts are simulated on this machine: each ``clipserve start`` (REST process, data plane and its one
 decode worker) is pinned to a core of its own with ``taskset -c``, and batches travel over HTTP.
 
-1. **Throughput** (decode-dominated: 112², ρ=2, T=8, τ=8, B=8, ``--workers 1`` per server). One
-   server (``taskset -c 0``, the whole epoch) against two (``taskset -c 0`` serving shard 0 of 2,
-   ``taskset -c 1`` serving shard 1 of 2, read by ``MultiClipStream``). The consumer is this
-   process; it only touches each batch (reads one byte). Windows alternate (one, two, one, ...) so
-   machine load hits both alike; the median of the paired ratios is reported. Target: ≥ 1.8×.
+1. **Throughput** (decode-dominated: 112², ρ=2, T=8, τ=8, B=8, ``--workers 1`` per server, on
+   the sample set's videos at twice their size). One server (``taskset -c 0``, the whole epoch)
+   against two (``taskset -c 0`` serving shard 0 of 2, ``taskset -c 1`` serving shard 1 of 2, read
+   by ``MultiClipStream``). The consumer is this process; it only touches each batch (reads one
+   byte). Phases alternate (one, two, one, ...) so machine load hits both alike, and only the
+   measured servers run in a phase; the median of the paired ratios is reported. Target: ≥ 1.8×.
 2. **Cost per batch of the transport** (224², ρ=4, T=8, B=8: 38.5 MB of clips). One server pinned
    to core 0, the consumer pinned to core 1; after a batch arrives the consumer waits until the
    service has decoded the next ones ahead, then times receiving batches that are already ready:
@@ -19,12 +20,13 @@ Over HTTP, the batches leave through the service's REST process. The service run
 ``--control-plane-nice 19`` by default, below the decode workers; a decode host serving HTTP runs
 it at 0, and so does this benchmark (``--control-plane-nice 19`` measures the default instead).
 
-Prints one JSON object and a one-line summary; takes 1–3 minutes on 2 cores (the dataset is built once).
+Prints one JSON object and a one-line summary; takes about 2.5 minutes on 2 cores (the datasets are built once).
 
     .venv/bin/python benchmarks/multi_server.py [--root DIR] [--batches 8] [--repeats 5] [--control-plane-nice 0]
 
-Without ``--root`` the small synthetic dataset of ``benchmarks/service.py`` is used (built once
-under ``/tmp/clipserve-bench/k400``). The cores must be free for the figures to mean anything: on
+Without ``--root``, the throughput part builds its double-size set once under
+``/tmp/clipserve-bench/k400-decode-heavy-64`` and the transport part uses the small synthetic
+dataset of ``benchmarks/service.py`` (``/tmp/clipserve-bench/k400``). The cores must be free for the figures to mean anything: on
 a machine shared with other work, the ratio is noisy.
 """
 
@@ -67,6 +69,19 @@ def start_pinned(root: Path, core: int, settings: dict[str, int], log_path: Path
     return launch_service(command, log_path)
 
 
+def _ensure_decode_heavy_dataset() -> Path:
+    """The throughput part's dataset (built once): sample-set videos at twice their size (mostly
+    680×512 instead of 340×256), 4 s each, so that decoding, not the 112² batches' transport, is
+    what a server spends its core on. 64 training videos: one server's epoch is 8 full batches of
+    8, each of two shards' 4, so no padding (which would change the work per batch) in either."""
+    from clipserve.sample import build_sample, make_sample_spec
+
+    root = Path("/tmp/clipserve-bench/k400-decode-heavy-64")
+    spec = make_sample_spec(num_classes=4, videos_per_class=20, max_duration_seconds=4.0, frame_scale=2.0, seed=1)
+    build_sample(root, spec, progress=False)
+    return root
+
+
 def timed_window(batches: Any, warmup: int, timed: int) -> float:
     """Skip ``warmup`` batches (decoded ahead while idle), then clips/s over ``timed`` batches; each batch
     is only touched (one byte read), as a trainer far faster than decoding would."""
@@ -81,35 +96,42 @@ def timed_window(batches: Any, warmup: int, timed: int) -> float:
     return clips / (time.perf_counter() - started)
 
 
-def throughput(root: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+def _phase(root: Path, tmp: Path, args: argparse.Namespace, num_servers: int, prefetch: int, warmup: int) -> float:
+    """Start ``num_servers`` pinned servers (server k on core k, shard k of ``num_servers``), read
+    ``warmup`` then ``num_servers · args.batches`` batches over HTTP, stop them; clips/s of the timed part.
+
+    Only the measured servers run during a window: a server left idle beside it would refill its
+    ring on the same core and steal decode time from the one being timed."""
     from clipserve.client import ClipStream
     from clipserve.client_multi import MultiClipStream
 
-    prefetch = 2
-    warmup = 2 * prefetch + 2  # per server: what its ring and prefetch queue hold after an idle spell
-    processes = []
+    processes, urls = [], []
     try:
-        one, one_url = start_pinned(root, 0, THROUGHPUT, tmp / "one.log", prefetch_batches=prefetch,
-                                    control_plane_nice=args.control_plane_nice)
-        processes.append(one)
-        urls = []
-        for shard_id in range(2):
-            process, url = start_pinned(root, shard_id, THROUGHPUT, tmp / f"shard{shard_id}.log", shard_id=shard_id,
-                                        num_shards=2, prefetch_batches=prefetch,
+        for shard_id in range(num_servers):
+            process, url = start_pinned(root, shard_id, THROUGHPUT, tmp / f"{num_servers}-{shard_id}.log",
+                                        shard_id=shard_id, num_shards=num_servers, prefetch_batches=prefetch,
                                         control_plane_nice=args.control_plane_nice)
             processes.append(process)
             urls.append(url)
-        single_rates, double_rates, ratios = [], [], []
-        with ClipStream(one_url, transport="http", timeout_seconds=300) as single, \
-                MultiClipStream(urls, transport="http", timeout_seconds=300) as double:
-            single_batches, double_batches = iter(single), iter(double)
-            for _ in range(args.repeats):
-                single_rates.append(timed_window(single_batches, warmup, args.batches))
-                double_rates.append(timed_window(double_batches, 2 * warmup, 2 * args.batches))
-                ratios.append(double_rates[-1] / single_rates[-1])
+        stream = (ClipStream(urls[0], transport="http", timeout_seconds=300) if num_servers == 1
+                  else MultiClipStream(urls, transport="http", timeout_seconds=300))
+        with stream:
+            return timed_window(iter(stream), num_servers * warmup, num_servers * args.batches)
     finally:
         for process in processes:
             _stop(process)
+
+
+def throughput(root: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One server against two, in alternating phases (one, two, one, two, ...), so machine load hits
+    both alike; the median of the paired ratios is the figure."""
+    prefetch = 2
+    warmup = 2 * prefetch + 2  # per server: what its ring and prefetch queue hold once it has started
+    single_rates, double_rates, ratios = [], [], []
+    for _ in range(args.repeats):
+        single_rates.append(_phase(root, tmp, args, 1, prefetch, warmup))
+        double_rates.append(_phase(root, tmp, args, 2, prefetch, warmup))
+        ratios.append(double_rates[-1] / single_rates[-1])
     return {
         "settings": {**THROUGHPUT, "workers_per_server": 1, "prefetch_batches": prefetch, "transport": "http",
                      "control_plane_nice": args.control_plane_nice},
@@ -161,7 +183,7 @@ def transport_cost(root: Path, tmp: Path, args: argparse.Namespace) -> dict[str,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=None, help="K400-layout dataset (default: a small synthetic one)")
-    parser.add_argument("--batches", type=int, default=8, help="timed batches per window (two servers: twice as many)")
+    parser.add_argument("--batches", type=int, default=16, help="timed batches per window (two servers: twice as many)")
     parser.add_argument("--repeats", type=int, default=5, help="paired windows (one server, then two)")
     parser.add_argument("--transport-rounds", type=int, default=3, help="rounds of ready batches timed per transport")
     parser.add_argument("--control-plane-nice", type=int, default=0,
@@ -171,11 +193,13 @@ def main() -> int:
     if len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("needs 2 cores (one per simulated host)")
     root = _ensure_dataset(args.root)
+    heavy_root = args.root if args.root is not None else _ensure_decode_heavy_dataset()
     with tempfile.TemporaryDirectory(prefix="clipserve-multi-") as tmp:
-        scaling = throughput(root, Path(tmp), args)
+        scaling = throughput(heavy_root, Path(tmp), args)
         cost = transport_cost(root, Path(tmp), args)
     result = {
-        "benchmark": "multi_server", "root": str(root), "throughput": scaling, "transport_cost": cost,
+        "benchmark": "multi_server", "root": str(root), "throughput_root": str(heavy_root),
+        "throughput": scaling, "transport_cost": cost,
         "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
                     "load_average_1m": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d")},
     }
