@@ -22,7 +22,7 @@ it at 0, and so does this benchmark (``--control-plane-nice 19`` measures the de
 
 Prints one JSON object and a one-line summary; takes about 2.5 minutes on 2 cores (the datasets are built once).
 
-    .venv/bin/python benchmarks/multi_server.py [--root DIR] [--batches 8] [--repeats 5] [--control-plane-nice 0]
+    .venv/bin/python benchmarks/multi_server.py [--root DIR] [--batches 16] [--repeats 5] [--control-plane-nice 0]
 
 Without ``--root``, the throughput part builds its double-size set once under
 ``/tmp/clipserve-bench/k400-decode-heavy-64`` and the transport part uses the small synthetic
