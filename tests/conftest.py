@@ -8,6 +8,8 @@ import random
 import numpy as np
 import pytest
 
+from tests.trainer_cli_helpers import checkpoint, ucf101  # noqa: F401 (module-scoped fixtures shared by the trainer CLI tests)
+
 
 def _cuda_available() -> bool:
     try:

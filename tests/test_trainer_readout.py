@@ -6,10 +6,8 @@ services the commands start themselves."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,25 +18,12 @@ from torch import nn
 from clipserve.batch import Batch
 from clipserve.sample import build_sample
 from clipserve.sample.spec import make_learnable_spec
-from clipserve.sample_layouts import build_layout_sample, make_layout_spec
-from tests.service_helpers import REPO_ROOT
+from tests.trainer_cli_helpers import run_module
 from trainer.readout import average_view_probabilities, multiview_test, topk_accuracy
 
-TINY = ["--profile", "cpu", "--backbone", "tiny", "--progress", "false", "--mlp-hidden-dim", "32", "--output-dim",
-        "16", "--moco-queue-size", "16", "--device", "cpu"]
 SMALL = ["--profile", "cpu", "--batch-size", "4", "--test-batch-size", "4", "--test-num-clips", "2"]
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPSERVE_")}
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
-def _python(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO_ROOT, env=_env(),
-                          timeout=300)
 
 
 def _result(done: subprocess.CompletedProcess[str]) -> dict:
@@ -50,23 +35,6 @@ def learnable(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("learnable")
     build_sample(root, make_learnable_spec(3, 4, seed=2, duration_seconds=2.0), workers=1, progress=False)
     return root
-
-
-@pytest.fixture(scope="module")
-def ucf101(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ucf101")
-    build_layout_sample(root, make_layout_spec("ucf101", 3, 4, seed=4, frame_scale=0.25, max_duration_seconds=2.0),
-                        workers=1)
-    return root
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ckpt")
-    done = _python("trainer", "--objective", "moco", "--server", "synthetic", "--max-steps", "2",
-                   "--checkpoint-dir", str(out), *TINY)
-    assert done.returncode == 0, done.stderr
-    return out
 
 
 # --- the multi-view test's arithmetic -------------------------------------------------------------
@@ -138,7 +106,7 @@ def test_linear_protocol_keeps_the_backbone_frozen_and_resumes_exactly(learnable
                                                                        tmp_path: Path) -> None:
     common = ["trainer.linear", "--checkpoint", str(checkpoint), "--dataset", "k400", "--root", str(learnable),
               *SMALL, "--max-steps", "4", "--checkpoint-every-steps", "2"]
-    done = _python(*common, "--out-dir", str(tmp_path / "whole"))
+    done = run_module(*common, "--out-dir", str(tmp_path / "whole"))
     assert done.returncode == 0, done.stderr
     result = _result(done)
     assert (result["steps"], result["completed"], result["num_classes"]) == (4, True, 3)
@@ -155,10 +123,10 @@ def test_linear_protocol_keeps_the_backbone_frozen_and_resumes_exactly(learnable
     assert head["bias"].abs().sum() > 0  # initialised to zero, moved by training
 
     # the same run in two parts (--stop-after-steps, then --resume) ends with the same weights
-    part = _python(*common, "--out-dir", str(tmp_path / "parts"), "--stop-after-steps", "2")
+    part = run_module(*common, "--out-dir", str(tmp_path / "parts"), "--stop-after-steps", "2")
     assert part.returncode == 3, part.stderr
     assert _result(part)["completed"] is False and "step 2 of 4" in _result(part)["error"]
-    resumed = _python(*common, "--out-dir", str(tmp_path / "parts"), "--resume")
+    resumed = run_module(*common, "--out-dir", str(tmp_path / "parts"), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     whole, parts = (torch.load(tmp_path / d / "last.pt", weights_only=False)["model"] for d in ("whole", "parts"))
     for key in whole:
@@ -167,7 +135,7 @@ def test_linear_protocol_keeps_the_backbone_frozen_and_resumes_exactly(learnable
 
 
 def test_linear_protocol_refuses_bad_input_clearly(learnable: Path, checkpoint: Path, tmp_path: Path) -> None:
-    other = _python("trainer.linear", "--checkpoint", str(checkpoint), "--backbone", "r3d_18", "--dataset", "k400",
+    other = run_module("trainer.linear", "--checkpoint", str(checkpoint), "--backbone", "r3d_18", "--dataset", "k400",
                     "--root", str(learnable), *SMALL)
     assert other.returncode == 2
     assert "pre-trained with backbone 'tiny', not 'r3d_18'" in other.stderr and "Traceback" not in other.stderr
@@ -175,10 +143,10 @@ def test_linear_protocol_refuses_bad_input_clearly(learnable: Path, checkpoint: 
     shutil.copytree(learnable / "train", no_val / "train")
     (no_val / "annotations").mkdir()
     shutil.copy(learnable / "annotations" / "train.csv", no_val / "annotations" / "train.csv")
-    missing = _python("trainer.linear", "--checkpoint", str(checkpoint), "--dataset", "k400", "--root", str(no_val),
+    missing = run_module("trainer.linear", "--checkpoint", str(checkpoint), "--dataset", "k400", "--root", str(no_val),
                       *SMALL, "--max-steps", "1", "--out-dir", str(tmp_path / "out"))
     assert missing.returncode == 2 and "split 'val' not found" in missing.stderr and "--test-split" in missing.stderr
-    crops = _python("trainer.linear", "--checkpoint", "random", "--dataset", "k400", "--root", str(learnable),
+    crops = run_module("trainer.linear", "--checkpoint", "random", "--dataset", "k400", "--root", str(learnable),
                     "--test-spatial-crops", "2")
     assert crops.returncode == 2 and "--test-spatial-crops (2) must be 1 or 3" in crops.stderr
 
@@ -187,7 +155,7 @@ def test_linear_protocol_refuses_bad_input_clearly(learnable: Path, checkpoint: 
 
 
 def test_finetune_trains_the_whole_network_on_an_official_split(ucf101: Path, checkpoint: Path, tmp_path: Path) -> None:
-    done = _python("trainer.finetune", "--checkpoint", str(checkpoint), "--dataset", "ucf101", "--root", str(ucf101),
+    done = run_module("trainer.finetune", "--checkpoint", str(checkpoint), "--dataset", "ucf101", "--root", str(ucf101),
                    "--split-id", "2", *SMALL, "--max-steps", "3", "--out-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
     result = _result(done)
@@ -218,13 +186,13 @@ def test_finetune_presets_are_the_papers_and_the_repos() -> None:
 
 
 def test_finetune_refuses_bad_splits_and_datasets(ucf101: Path, learnable: Path, checkpoint: Path) -> None:
-    split = _python("trainer.finetune", "--checkpoint", str(checkpoint), "--dataset", "ucf101", "--root", str(ucf101),
+    split = run_module("trainer.finetune", "--checkpoint", str(checkpoint), "--dataset", "ucf101", "--root", str(ucf101),
                     "--split-id", "4")
     assert split.returncode == 2 and "--split-id ('4') must be 1, 2, 3 or all" in split.stderr
-    dataset = _python("trainer.finetune", "--checkpoint", str(checkpoint), "--dataset", "k400", "--root",
+    dataset = run_module("trainer.finetune", "--checkpoint", str(checkpoint), "--dataset", "k400", "--root",
                       str(learnable))
     assert dataset.returncode == 2 and "--dataset ('k400') must be one of ucf101, hmdb51" in dataset.stderr
-    other = _python("trainer.finetune", "--checkpoint", str(checkpoint), "--backbone", "r2plus1d_18", "--dataset",
+    other = run_module("trainer.finetune", "--checkpoint", str(checkpoint), "--backbone", "r2plus1d_18", "--dataset",
                     "ucf101", "--root", str(ucf101))
     assert other.returncode == 2 and "not 'r2plus1d_18'" in other.stderr
 

@@ -4,9 +4,6 @@ frozen features of the centre clip) on a generated UCF101-layout set, with the s
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -15,43 +12,13 @@ import pytest
 from clipserve.config import AugmentConfig, SamplingConfig
 from clipserve.datasets.index import build_index
 from clipserve.plan import plan
-from clipserve.sample_layouts import build_layout_sample, make_layout_spec
-from tests.service_helpers import REPO_ROOT
+from tests.trainer_cli_helpers import run_module
 from trainer.eval_services import EvalView, eval_services
 
-TINY = ["--profile", "cpu", "--backbone", "tiny", "--progress", "false", "--mlp-hidden-dim", "32", "--output-dim",
-        "16", "--moco-queue-size", "16", "--device", "cpu"]
 VIEW = ["--frames-per-clip", "4", "--frame-stride", "2", "--crop-size", "32", "--batch-size", "2",
         "--service-workers", "1", "--backend", "pyav", "--device", "cpu"]
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPSERVE_")}
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
-def _python(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO_ROOT, env=_env(),
-                          timeout=300)
-
-
-@pytest.fixture(scope="module")
-def ucf101(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ucf101")
-    build_layout_sample(root, make_layout_spec("ucf101", 3, 4, seed=4, frame_scale=0.25, max_duration_seconds=2.0),
-                        workers=1)
-    return root
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ckpt")
-    done = _python("trainer", "--objective", "moco", "--server", "synthetic", "--max-steps", "2",
-                   "--checkpoint-dir", str(out), *TINY)
-    assert done.returncode == 0, done.stderr
-    return out
 
 
 def test_centre_temporal_sampling_places_clips_without_a_draw(ucf101: Path) -> None:
@@ -80,7 +47,7 @@ def test_eval_services_serve_the_centre_clip_of_each_split(ucf101: Path) -> None
 
 
 def test_trainer_eval_runs_knn_and_linear_probe_on_a_ucf101_split(ucf101: Path, checkpoint: Path) -> None:
-    done = _python("trainer.eval", "--checkpoint", str(checkpoint), "--dataset", "ucf101", "--root", str(ucf101),
+    done = run_module("trainer.eval", "--checkpoint", str(checkpoint), "--dataset", "ucf101", "--root", str(ucf101),
                    "--split-id", "3", *VIEW)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -92,9 +59,9 @@ def test_trainer_eval_runs_knn_and_linear_probe_on_a_ucf101_split(ucf101: Path, 
 
 
 def test_trainer_eval_reports_bad_transfer_arguments(ucf101: Path, checkpoint: Path) -> None:
-    both = _python("trainer.eval", "--checkpoint", str(checkpoint), "--server", "http://127.0.0.1:1",
+    both = run_module("trainer.eval", "--checkpoint", str(checkpoint), "--server", "http://127.0.0.1:1",
                    "--dataset", "ucf101", "--root", str(ucf101))
     assert both.returncode == 2 and "either --server" in both.stderr
-    bad_split = _python("trainer.eval", "--checkpoint", str(checkpoint), "--dataset", "ucf101", "--root", str(ucf101),
+    bad_split = run_module("trainer.eval", "--checkpoint", str(checkpoint), "--dataset", "ucf101", "--root", str(ucf101),
                         "--split-id", "4", *VIEW)
     assert bad_split.returncode == 2 and "split_id (4)" in bad_split.stderr

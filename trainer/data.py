@@ -7,7 +7,7 @@ an exact resume.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -142,3 +142,22 @@ def open_clip_stream(
     from clipserve.client_multi import ShardCheckedStream
 
     return ShardCheckedStream(stream, expected_shard)
+
+
+def first_epoch_videos(batches: Iterable[Batch], max_batches: int | None = None) -> Iterator[tuple[int, Batch, list[int]]]:
+    """The batches of a stream's first epoch, each with the positions of its videos to use: not
+    padding and not seen before in this pass: ``(batch number, batch, positions)``; batches with
+    none are skipped. Stops when the epoch changes, the iterable ends or at batch ``max_batches``.
+    The readouts (``trainer.eval``'s features, ``trainer.readout``'s multi-view test) see each video once this way."""
+    seen: set[int] = set()
+    first_epoch = None
+    for i, batch in enumerate(batches):
+        if first_epoch is None:
+            first_epoch = batch.epoch
+        if batch.epoch != first_epoch or (max_batches is not None and i >= max_batches):
+            return
+        keep = [n for n in range(batch.clips.shape[0])
+                if not bool(batch.is_padding[n]) and int(batch.video_index[n]) not in seen]
+        seen.update(int(batch.video_index[n]) for n in keep)
+        if keep:
+            yield i, batch, keep

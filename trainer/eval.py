@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from trainer.data import first_epoch_videos
 from trainer.eval_services import DEFAULT_TEST_SPLIT, EvalView, eval_services
 from trainer.utils import normalize_clips
 
@@ -133,37 +134,27 @@ def extract_features(
     once at the end.
     """
     feats, labels, videos = [], [], []
-    seen: set[int] = set()
-    first_epoch = None
+    done = 0
     started = next_report = time.monotonic()
     if progress_label is not None:
         say(f"{progress_label}: extracting features (one pass over the split) ...")
-    for i, batch in enumerate(batches):
+    for i, batch, keep in first_epoch_videos(batches, max_batches):
         if progress_label is not None and time.monotonic() >= next_report + PROGRESS_INTERVAL_SECONDS:
             next_report = time.monotonic()
             elapsed = next_report - started
-            say(f"{progress_label}: {len(seen)} videos in {elapsed:.0f} s ({len(seen) / elapsed:.1f} videos/s), "
-                f"batch {i}")
-        if first_epoch is None:
-            first_epoch = batch.epoch
-        if batch.epoch != first_epoch or (max_batches is not None and i >= max_batches):
-            break
-        keep = [n for n in range(batch.clips.shape[0])
-                if not bool(batch.is_padding[n]) and int(batch.video_index[n]) not in seen]
-        if not keep:
-            continue
+            say(f"{progress_label}: {done} videos in {elapsed:.0f} s ({done / elapsed:.1f} videos/s), batch {i}")
         x = normalize_clips(batch.clips[keep], device)  # (b, ρ, C, T, H, W)
         b, rho = x.shape[:2]
         f = features_fn(x.flatten(0, 1)).reshape(b, rho, -1).mean(dim=1)  # (b, F)
         feats.append(f.float().cpu())
         labels.append(torch.as_tensor(batch.label)[keep].long())
         videos.append(torch.as_tensor(batch.video_index)[keep].long())
-        seen.update(int(v) for v in videos[-1])
+        done += len(keep)
     if not feats:
         raise ValueError("the evaluation stream produced no (non-padding) videos")
     if progress_label is not None:
         elapsed = max(time.monotonic() - started, 1e-9)
-        say(f"{progress_label}: {len(seen)} videos in {elapsed:.1f} s ({len(seen) / elapsed:.1f} videos/s)")
+        say(f"{progress_label}: {done} videos in {elapsed:.1f} s ({done / elapsed:.1f} videos/s)")
     return torch.cat(feats), torch.cat(labels), torch.cat(videos)
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainer.checkpoint import load_checkpoint
+from trainer.data import first_epoch_videos
 from trainer.utils import normalize_clips
 RANDOM_INIT = "random"
 """The ``--checkpoint`` value for a randomly initialised backbone (the baseline rows)."""
@@ -173,25 +174,14 @@ def multiview_test(model: nn.Module, batches: Iterable[Any], device: torch.devic
     was_training = model.training
     model.eval()
     probabilities, labels, videos = [], [], []
-    seen: set[int] = set()
-    first_epoch = None
     views = 0
     try:
-        for i, batch in enumerate(batches):
-            if first_epoch is None:
-                first_epoch = batch.epoch
-            if batch.epoch != first_epoch or (max_batches is not None and i >= max_batches):
-                break
-            keep = [n for n in range(batch.clips.shape[0])
-                    if not bool(batch.is_padding[n]) and int(batch.video_index[n]) not in seen]
-            if not keep:
-                continue
+        for _, batch, keep in first_epoch_videos(batches, max_batches):
             x = normalize_clips(batch.clips[keep], device)  # (b, V, C, T, H, W)
             views = x.shape[1]
             probabilities.append(average_view_probabilities(model(x.flatten(0, 1)), views).cpu())  # (b, classes)
             labels.append(torch.as_tensor(batch.label)[keep].long())
             videos.append(torch.as_tensor(batch.video_index)[keep].long())
-            seen.update(int(v) for v in videos[-1])
     finally:
         model.train(was_training)
     if not probabilities:
