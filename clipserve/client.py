@@ -118,9 +118,21 @@ def check_service_url(url: str) -> str:
     return text.rstrip("/")
 
 
-def _check_int(name: str, value: int, minimum: int) -> None:
+def check_int(name: str, value: int, minimum: int) -> None:
+    """``ValueError`` naming ``name`` and its value unless it is an int (not a bool) >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} ({value!r}) must be an int >= {minimum}")
+
+
+def check_consumer_position(rank: int, world_size: int, start_epoch: int, start_step: int) -> None:
+    """``ValueError`` naming the value and its range unless 0 <= rank < world_size and the start
+    position (epoch, step) is >= 0: the arguments every stream of this module takes."""
+    check_int("world_size", world_size, 1)
+    check_int("rank", rank, 0)
+    if rank >= world_size:
+        raise ValueError(f"rank ({rank}) must be < world_size ({world_size})")
+    check_int("start_epoch", start_epoch, 0)
+    check_int("start_step", start_step, 0)
 
 
 class ClipStream:
@@ -165,12 +177,7 @@ class ClipStream:
         reconnect_timeout_seconds: float = 120.0,
         token: str | None = None,
     ) -> None:
-        _check_int("world_size", world_size, 1)
-        _check_int("rank", rank, 0)
-        if rank >= world_size:
-            raise ValueError(f"rank ({rank}) must be < world_size ({world_size})")
-        _check_int("start_epoch", start_epoch, 0)
-        _check_int("start_step", start_step, 0)
+        check_consumer_position(rank, world_size, start_epoch, start_step)
         if transport not in ("shm", "http"):
             raise ValueError(f"transport ({transport!r}) must be 'shm' or 'http'")
         if timeout_seconds <= 0 or reconnect_timeout_seconds < 0:
@@ -233,8 +240,8 @@ class ClipStream:
             epoch, step = state["epoch"], state["step"]
         except (KeyError, TypeError):
             raise ValueError(f"state {state!r} lacks 'epoch' and 'step'") from None
-        _check_int("state['epoch']", epoch, 0)
-        _check_int("state['step']", step, 0)
+        check_int("state['epoch']", epoch, 0)
+        check_int("state['step']", step, 0)
         for key in ("rank", "world_size"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(f"state {key} ({state[key]}) differs from this stream's ({getattr(self, key)})")

@@ -42,16 +42,12 @@ import httpx
 
 from clipserve.batch import Batch, StreamPosition, steps_per_epoch
 from clipserve.client import (
-    RETRY_REPORT_INTERVAL_SECONDS, ClipStream, ClipStreamError, Transport, check_service_url, failure_reason,
+    RETRY_REPORT_INTERVAL_SECONDS, ClipStream, ClipStreamError, Transport, check_consumer_position, check_int,
+    check_service_url, failure_reason,
 )
 from clipserve.transport.layout import BatchLayout
 
 _log = logging.getLogger(__name__)
-
-
-def _check_int(name: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} ({value!r}) must be an int >= {minimum}")
 
 
 @dataclass(frozen=True)
@@ -278,13 +274,8 @@ class MultiClipStream:
             raise ValueError(f"urls ({urls!r}) must be a non-empty list of service URLs")
         if len({url.rstrip("/") for url in urls}) != len(urls):
             raise ValueError(f"urls ({list(urls)!r}) name one service twice: each shard must be read once")
-        _check_int("world_size", world_size, 1)
-        _check_int("rank", rank, 0)
-        if rank >= world_size:
-            raise ValueError(f"rank ({rank}) must be < world_size ({world_size})")
-        _check_int("start_epoch", start_epoch, 0)
-        _check_int("start_step", start_step, 0)
-        self.urls = [url.rstrip("/") for url in urls]
+        check_consumer_position(rank, world_size, start_epoch, start_step)
+        self.urls = [check_service_url(url) for url in urls]  # a malformed URL fails here, at once
         self.rank = rank
         self.world_size = world_size
         self._stream_options: dict[str, Any] = dict(
@@ -337,8 +328,8 @@ class MultiClipStream:
             epoch, step = state["epoch"], state["step"]
         except (KeyError, TypeError):
             raise ValueError(f"state {state!r} lacks 'epoch' and 'step'") from None
-        _check_int("state['epoch']", epoch, 0)
-        _check_int("state['step']", step, 0)
+        check_int("state['epoch']", epoch, 0)
+        check_int("state['step']", step, 0)
         mine = {"rank": self.rank, "world_size": self.world_size, "num_shards": len(self.urls)}
         for key, value in mine.items():
             if key in state and state[key] != value:
