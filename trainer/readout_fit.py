@@ -117,9 +117,9 @@ def fit(model: VideoClassifier, source: Any, *, max_steps: int, lr_at: Callable[
     began = time.monotonic()
     step = start
     iterator = iter(source)
-    from trainer.train import _GracefulInterrupt  # the trainer's Ctrl-C handling: finish the step, save, stop
+    from trainer.interrupt import GracefulInterrupt
 
-    with _GracefulInterrupt() as ctrl_c:
+    with GracefulInterrupt() as ctrl_c:
         while step < max_steps:
             if stop_after_steps is not None and step - start >= stop_after_steps:
                 print(f"[{log_prefix}] stopping after {stop_after_steps} steps (--stop-after-steps) at step {step} of "

@@ -17,9 +17,7 @@ import hashlib
 import inspect
 import json
 import math
-import signal
 import sys
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from trainer import dist as tdist
 from trainer.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import SyntheticClipStream, consumer_slot, open_clip_stream
+from trainer.interrupt import GracefulInterrupt
 from trainer.objectives import Objective, build_objective
 from trainer.optim import build_optimizer
 from trainer.utils import normalize_clips, warmup_cosine_lr
@@ -116,30 +115,6 @@ def _any_rank_wants_to_stop(wants_to_stop: bool, device: torch.device) -> bool:
     flag = torch.tensor([1.0 if wants_to_stop else 0.0], device=device)
     tdist.all_reduce_sum_(flag)
     return bool(flag.item() > 0)
-
-
-class _GracefulInterrupt:
-    """First Ctrl-C (SIGINT): finish the current step, then stop and save (an exact checkpoint).
-    Second Ctrl-C: abort at once (KeyboardInterrupt; the last complete checkpoint is kept)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None  # the SIGINT handler to restore (signal.signal's return value)
-
-    def __enter__(self) -> "_GracefulInterrupt":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\n[trainer] Ctrl-C: stopping after this step and saving (Ctrl-C again aborts)", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc_info: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 def train(config: TrainConfig, batches: Iterable | None = None) -> TrainResult:
@@ -333,7 +308,7 @@ def _train(config: TrainConfig, source: Iterable) -> TrainResult:
     model.train()
     interrupted = False
     loop_start = time.perf_counter()
-    ctrl_c = _GracefulInterrupt()
+    ctrl_c = GracefulInterrupt()
     try:
         ctrl_c.__enter__()
         while step < config.max_steps:
