@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from clipserve.config_cli import add_model_arguments, model_overrides
+from clipserve.config_cli import add_model_arguments, format_validation_error, model_overrides
 from trainer.readout import ReadoutError
 
 
@@ -142,8 +142,7 @@ def parse_config(model: type[ReadoutConfig], argv: list[str] | None, *, prog: st
     try:
         config = model(**values)
     except ValidationError as exc:
-        problems = "; ".join(f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
-        raise ReadoutError(problems) from None
+        raise ReadoutError(format_validation_error(exc, subject=f"{prog} settings", fields=model.model_fields)) from None
     if config.test_spatial_crops not in (1, 3):
         raise ReadoutError(f"--test-spatial-crops ({config.test_spatial_crops}) must be 1 or 3")
     if config.test_num_clips * config.test_spatial_crops > 64:
