@@ -149,6 +149,17 @@ def test_linear_protocol_refuses_bad_input_clearly(learnable: Path, checkpoint: 
     crops = run_module("trainer.linear", "--checkpoint", "random", "--dataset", "k400", "--root", str(learnable),
                     "--test-spatial-crops", "2")
     assert crops.returncode == 2 and "--test-spatial-crops (2) must be 1 or 3" in crops.stderr
+    split = run_module("trainer.linear", "--checkpoint", "random", "--dataset", "ucf101", "--root", str(learnable),
+                       "--split-id", "4")
+    assert split.returncode == 2 and "split_id: Input should be less than or equal to 3, got 4" in split.stderr
+
+
+def test_linear_protocol_reads_the_official_split_it_is_given(ucf101: Path, checkpoint: Path, tmp_path: Path) -> None:
+    done = run_module("trainer.linear", "--checkpoint", str(checkpoint), "--dataset", "ucf101", "--root", str(ucf101),
+                      "--split-id", "3", *SMALL, "--max-steps", "2", "--out-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    result = _result(done)
+    assert result["split_id"] == 3 and result["completed"] is True
 
 
 # --- trainer.finetune end to end -------------------------------------------------------------------

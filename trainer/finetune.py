@@ -28,10 +28,10 @@ from typing import Any
 
 from trainer.readout import ReadoutError
 from trainer.readout_run import print_result, run_protocol
-from trainer.readout_config import FinetuneConfig, parse_config
+from trainer.readout_config import OFFICIAL_SPLIT_DATASETS, FinetuneConfig, parse_config
 
-DATASETS = ("ucf101", "hmdb51")
-"""The datasets with official train/test splits 1..3 that fine-tuning runs on."""
+DATASETS = OFFICIAL_SPLIT_DATASETS
+"""The datasets fine-tuning runs on: those with official train/test splits 1..3."""
 
 
 def split_ids(value: str) -> list[int]:

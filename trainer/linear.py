@@ -20,8 +20,8 @@ since it makes one learning rate fit every checkpoint). The paper's repo detache
 BN statistics keep moving: here they do not. Optimiser: SGD, momentum 0.9, weight decay 0, linear
 warm-up then half-cosine; the paper's preset is 60 epochs, 8 warm-up, lr 4.0 at 512 videos a batch.
 
-Datasets: any with a labelled held-out split (Kinetics and folder: train → val; ucf101/hmdb51: split
-1's train → test list; ``--train-split`` / ``--test-split`` name others).
+Datasets: any with a labelled held-out split (Kinetics and folder: train → val; ucf101/hmdb51: the
+train → test lists of ``--split-id`` 1..3; ``--train-split`` / ``--test-split`` name others).
 
 Test: softmax of every view averaged over a video's K·S views; top-1 and top-5 over the test split.
 Resumable (``--resume``: ``--out-dir/last.pt``). Prints one JSON line (also ``--out-dir/result.json``);
@@ -40,7 +40,7 @@ from trainer.readout_config import LinearConfig, parse_config
 def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_config(LinearConfig, argv, prog="python -m trainer.linear", description=__doc__.split("\n")[0])
-        result = run_protocol(config, freeze_backbone=True, split_id=1, out_dir=config.out_dir, log_prefix="linear")
+        result = run_protocol(config, freeze_backbone=True, split_id=config.split_id, out_dir=config.out_dir, log_prefix="linear")
     except (ReadoutError, ConnectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

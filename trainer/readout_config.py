@@ -80,11 +80,17 @@ class ReadoutConfig(BaseModel):
     threads: int | None = Field(None, ge=1, description="torch threads (default: torch's)")
 
 
+OFFICIAL_SPLIT_DATASETS = ("ucf101", "hmdb51")
+"""The datasets with official train/test splits 1..3 (``--split-id``); fine-tuning runs on them."""
+
+
 class LinearConfig(ReadoutConfig):
     """``python -m trainer.linear``: a linear classifier on the frozen backbone's pooled features."""
 
     dataset: str | None = Field(None, description="k400 | k600 | k700 | folder | ucf101 | hmdb51 (services "
                                                   "started by the command)")
+    split_id: int = Field(1, ge=1, le=3, description="ucf101 / hmdb51: which official train/test split, 1..3 "
+                                                     "(other datasets have one)")
     out_dir: Path = Field(Path("linear-out"), description="last.pt (resumable) and result.json")
 
 

@@ -13,6 +13,7 @@ import torch
 
 from trainer.readout import ReadoutError, VideoClassifier, load_backbone, multiview_test
 from trainer.readout_fit import fit, lr_schedule, scaled_lr, steps_from_epochs
+from trainer.readout_config import OFFICIAL_SPLIT_DATASETS
 
 
 def device_of(name: str) -> torch.device:
@@ -120,6 +121,7 @@ def run_protocol(config: Any, *, freeze_backbone: bool, split_id: int, out_dir: 
             source.close()
         result: dict[str, Any] = {
             **info, "dataset": config.dataset, "train_split": config.train_split, "test_split": test_split,
+            "split_id": split_id if config.dataset in OFFICIAL_SPLIT_DATASETS else None,
             "num_classes": num_classes, "steps": fitted.steps_done, "max_steps": max_steps, "warmup_steps": warmup_steps,
             "schedule": config.schedule, "lr": lr, "batch_size": config.batch_size, "completed": fitted.completed,
             "checkpoint_dir": str(out_dir),
