@@ -219,7 +219,7 @@ def test_a_gpu_sized_backbone_on_the_cpu_is_warned_about(tmp_path, capsys):
 
 
 def test_eval_rounds_an_accuracy_to_what_its_count_resolves():
-    from trainer.eval import round_to_resolution
+    from trainer.utils import round_to_resolution
 
     assert round_to_resolution(0.20000000298023224, 5) == 0.2
     assert round_to_resolution(3 / 16, 16) == 0.188  # 16 videos: steps of 0.0625, 3 decimals tell them apart

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 from collections.abc import Iterable
@@ -42,7 +41,7 @@ from torch.nn import functional as F
 
 from trainer.data import first_epoch_videos
 from trainer.eval_services import DEFAULT_TEST_SPLIT, EvalView, eval_services
-from trainer.utils import normalize_clips
+from trainer.utils import normalize_clips, round_to_resolution
 
 
 def knn_accuracy(
@@ -110,14 +109,6 @@ PROGRESS_INTERVAL_SECONDS = 5.0
 def say(message: str) -> None:
     """A progress line on stderr (stdout holds only the result's JSON line)."""
     print(f"[eval] {message}", file=sys.stderr, flush=True)
-
-
-def round_to_resolution(fraction: float, num_samples: int) -> float:
-    """``fraction`` (an accuracy over ``num_samples``) rounded to what that count resolves: steps of
-    ``1 / num_samples`` need ``ceil(log10(num_samples)) + 1`` decimals (16 videos: 3 decimals,
-    0.1875 → 0.188; 0.20000000298 from float32 → 0.2)."""
-    decimals = max(2, math.ceil(math.log10(max(num_samples, 1))) + 1)
-    return round(float(fraction), decimals)
 
 
 @torch.no_grad()

@@ -29,6 +29,7 @@ from typing import Any
 from trainer.readout import ReadoutError
 from trainer.readout_run import print_result, run_protocol
 from trainer.readout_config import OFFICIAL_SPLIT_DATASETS, FinetuneConfig, parse_config
+from trainer.utils import round_to_resolution
 
 DATASETS = OFFICIAL_SPLIT_DATASETS
 """The datasets fine-tuning runs on: those with official train/test splits 1..3."""
@@ -68,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         "completed": all(r["completed"] for r in runs) and len(runs) == len(splits),
     }
     if result["completed"]:
+        num_test = sum(r["num_test_videos"] for r in runs)
         for key in ("top1", "top5"):
-            result[f"{key}_mean"] = statistics.fmean(r[key] for r in runs)
+            result[f"{key}_mean"] = round_to_resolution(statistics.fmean(r[key] for r in runs), num_test)
     for key in ("checkpoint", "backbone", "objective", "checkpoint_step"):
         result[key] = runs[0][key]
     return print_result(result, config.out_dir)

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from trainer.checkpoint import load_checkpoint
 from trainer.data import first_epoch_videos
-from trainer.utils import normalize_clips
+from trainer.utils import normalize_clips, round_to_resolution
 RANDOM_INIT = "random"
 """The ``--checkpoint`` value for a randomly initialised backbone (the baseline rows)."""
 
@@ -160,9 +160,10 @@ class MultiviewResult:
     views_per_video: int
 
     def summary(self) -> dict[str, Any]:
-        return {"top1": topk_accuracy(self.probabilities, self.labels, 1),
-                "top5": topk_accuracy(self.probabilities, self.labels, 5),
-                "num_test_videos": int(self.labels.shape[0]), "views_per_video": self.views_per_video}
+        num_test = int(self.labels.shape[0])  # accuracies rounded to the 1/num_test_videos they resolve
+        return {"top1": round_to_resolution(topk_accuracy(self.probabilities, self.labels, 1), num_test),
+                "top5": round_to_resolution(topk_accuracy(self.probabilities, self.labels, 5), num_test),
+                "num_test_videos": num_test, "views_per_video": self.views_per_video}
 
 
 @torch.no_grad()

@@ -74,3 +74,11 @@ def normalize_clips(clips: torch.Tensor, device: torch.device | str) -> torch.Te
         raise ValueError(f"clips must have 6 dims (B, ρ, C, T, H, W), got shape {tuple(clips.shape)}")
     x = clips.to(device, non_blocking=True).to(torch.float32)  # (B, ρ, C, T, H, W), a new tensor
     return x.div_(255.0).sub_(CLIP_MEAN).div_(CLIP_STD)
+
+
+def round_to_resolution(fraction: float, num_samples: int) -> float:
+    """``fraction`` (an accuracy over ``num_samples``) rounded to what that count resolves: steps of
+    ``1 / num_samples`` need ``ceil(log10(num_samples)) + 1`` decimals (16 videos: 3 decimals,
+    0.1875 → 0.188; 0.20000000298 from float32 → 0.2)."""
+    decimals = max(2, math.ceil(math.log10(max(num_samples, 1))) + 1)
+    return round(float(fraction), decimals)
