@@ -17,18 +17,13 @@ from torch.nn import functional as F
 
 from trainer.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from trainer.readout import ReadoutError, VideoClassifier
-from trainer.utils import normalize_clips, warmup_cosine_lr
+from trainer.utils import linear_warmup_lr, normalize_clips, warmup_cosine_lr
 
 IGNORED_ON_RESUME = ("resume", "max_seconds", "stop_after_steps", "max_test_batches", "threads", "out_dir")
 """Settings a resumed run may change (how long this invocation runs, not what it computes)."""
 
 
 # ----------------------------------------------------------------------------- schedules
-
-
-def scaled_lr(base_lr: float, batch_size: int, reference_batch_size: int) -> float:
-    """``base_lr × batch_size / reference_batch_size`` (the linear scaling rule); reference 0: ``base_lr``."""
-    return base_lr if reference_batch_size <= 0 else base_lr * batch_size / reference_batch_size
 
 
 def step_lr(step: int, *, base_lr: float, milestones_steps: Iterable[int], factor: float = 0.1) -> float:
@@ -48,7 +43,7 @@ def lr_schedule(schedule: str, *, max_steps: int, base_lr: float, warmup_steps: 
 
         def lr(step: int) -> float:
             if warmup_steps > 0 and step < warmup_steps:
-                return warmup_start_lr + (base_lr - warmup_start_lr) * step / warmup_steps
+                return linear_warmup_lr(step, warmup_steps, warmup_start_lr, base_lr)
             return step_lr(step, base_lr=base_lr, milestones_steps=steps)
 
         return lr

@@ -12,8 +12,9 @@ from typing import Any
 import torch
 
 from trainer.readout import ReadoutError, VideoClassifier, load_backbone, multiview_test
-from trainer.readout_fit import fit, lr_schedule, scaled_lr, steps_from_epochs
 from trainer.readout_config import OFFICIAL_SPLIT_DATASETS
+from trainer.readout_fit import fit, lr_schedule, steps_from_epochs
+from trainer.utils import linear_scaling_factor
 
 
 def device_of(name: str) -> torch.device:
@@ -103,9 +104,8 @@ def run_protocol(config: Any, *, freeze_backbone: bool, split_id: int, out_dir: 
         torch.manual_seed(config.seed)
         model = VideoClassifier(backbone, feature_dim, num_classes, dropout=config.dropout,
                                 batch_norm=config.head_batch_norm, freeze_backbone=freeze_backbone).to(device)
-        lr = scaled_lr(config.base_lr, config.batch_size, config.reference_batch_size)
-        warmup_start = scaled_lr(config.warmup_start_lr, config.batch_size, config.reference_batch_size)
-        final = scaled_lr(config.final_lr, config.batch_size, config.reference_batch_size)
+        scale = linear_scaling_factor(config.batch_size, config.reference_batch_size)
+        lr, warmup_start, final = config.base_lr * scale, config.warmup_start_lr * scale, config.final_lr * scale
         lr_at = lr_schedule(config.schedule, max_steps=max_steps, base_lr=lr, warmup_steps=warmup_steps,
                             warmup_start_lr=warmup_start, final_lr=final, milestones=config.milestones)
         source = open_clip_stream(train_url, rank=0, world_size=1)

@@ -36,7 +36,7 @@ from trainer.data import SyntheticClipStream, consumer_slot, open_clip_stream
 from trainer.interrupt import GracefulInterrupt
 from trainer.objectives import Objective, build_objective
 from trainer.optim import build_optimizer
-from trainer.utils import normalize_clips, warmup_cosine_lr
+from trainer.utils import linear_scaling_factor, normalize_clips, warmup_cosine_lr
 
 
 @dataclass
@@ -217,7 +217,7 @@ def _train(config: TrainConfig, source: Iterable) -> TrainResult:
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     global_batch_size = batch.clips.shape[0] * ctx.world_size
-    lr_scale = global_batch_size / config.reference_batch_size if config.reference_batch_size > 0 else 1.0
+    lr_scale = linear_scaling_factor(global_batch_size, config.reference_batch_size)
     warmup_steps = int(config.warmup_fraction * config.max_steps)
 
     def get_lr(step: int) -> float:  # a function of the step only

@@ -48,6 +48,17 @@ def cosine_schedule(step: int, max_steps: int, start_value: float, end_value: fl
     return end_value + (start_value - end_value) * (math.cos(math.pi * progress) + 1.0) / 2.0
 
 
+def linear_scaling_factor(batch_size: int, reference_batch_size: int) -> float:
+    """The linear scaling rule's factor for learning rates: ``batch_size / reference_batch_size``
+    (videos a step); a reference of 0 turns scaling off (1.0)."""
+    return batch_size / reference_batch_size if reference_batch_size > 0 else 1.0
+
+
+def linear_warmup_lr(step: int, warmup_steps: int, warmup_start_lr: float, base_lr: float) -> float:
+    """The learning rate at ``step`` < ``warmup_steps``: linear from ``warmup_start_lr`` (step 0) towards ``base_lr``."""
+    return warmup_start_lr + (base_lr - warmup_start_lr) * step / warmup_steps
+
+
 def warmup_cosine_lr(
     step: int, max_steps: int, *, base_lr: float, warmup_steps: int, warmup_start_lr: float, final_lr: float
 ) -> float:
@@ -55,7 +66,7 @@ def warmup_cosine_lr(
     ``warmup_steps``, then a half-cosine from ``base_lr`` to ``final_lr`` at ``max_steps``
     (PySlowFast ``cosine`` policy with ``WARMUP_EPOCHS``, counted in steps here)."""
     if warmup_steps > 0 and step < warmup_steps:
-        return warmup_start_lr + (base_lr - warmup_start_lr) * step / warmup_steps
+        return linear_warmup_lr(step, warmup_steps, warmup_start_lr, base_lr)
     decay_steps = max(max_steps - warmup_steps, 1)
     return cosine_schedule(step - warmup_steps, decay_steps, base_lr, final_lr)
 
