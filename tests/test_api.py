@@ -220,6 +220,9 @@ def test_the_timeline_caption_follows_the_sampling_mode(config, index) -> None: 
     assert start_rule(uniform).caption == (f"multi-view test, nothing drawn: 3 clips evenly spaced, clip k starts at "
                                            f"k/3 of 0.00-{last_start:.2f} s (shaded), 3 crops each: 9 views")
     assert "| 9 clips of " in describe_timeline(uniform)[0]
+    centre_crops = plan(record, 0, 0, 11, SamplingConfig(num_clips=2, frames_per_clip=4, frame_stride=4,
+                                                          temporal_sampling="centre", spatial_crops=3), config.augment())
+    assert "clip c starts at (c + 1/2)/2 of the start range" in start_rule(centre_crops).caption  # clips, not 6 views
     # a mode without its own entry (as a new one would be before it adds it) still gets a sheet caption
     other = centre_three.model_copy(update={"sampling": centre_three.sampling.model_copy(
         update={"temporal_sampling": "future-mode"})})

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from trainer.checkpoint import load_checkpoint
 from trainer.data import first_epoch_videos
 from trainer.utils import normalize_clips, round_to_resolution
+
 RANDOM_INIT = "random"
 """The ``--checkpoint`` value for a randomly initialised backbone (the baseline rows)."""
 

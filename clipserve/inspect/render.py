@@ -23,7 +23,8 @@ Below the rows, a timeline strip (``timeline_geometry``) shows where the ρ clip
 
 The second line and the shaded window follow the plan's ``temporal_sampling``: each mode has its
 entry in ``START_RULES`` (``random``: the t_max window, or every possible start when global;
-``centre``: no draw, the start range each clip's fixed start is placed in). A new mode adds its own.
+``centre`` and ``uniform``: no draw, the start range each clip's fixed start is placed in). A new
+mode adds its own.
 """
 
 from __future__ import annotations
@@ -199,11 +200,16 @@ def clip_interval_seconds(plan: ClipPlan, clip_index: int) -> tuple[float, float
     return start, start + plan.clip_duration_seconds
 
 
+def _last_start_seconds(plan: ClipPlan) -> float:
+    """The end of the start range: the latest second a clip of this plan can start at."""
+    return max(0.0, timeline_duration_seconds(plan) - plan.clip_duration_seconds)
+
+
 def t_max_window_seconds(plan: ClipPlan) -> tuple[float, float]:
     """``[a, a + t_max]``, a window of width t_max (``sampling.max_span_seconds``) holding every clip
     start: from the earliest start, moved left if it would pass the last possible start.
     Global sampling (t_max None): every possible start, ``[0, duration − clip duration]``."""
-    last_start = max(0.0, timeline_duration_seconds(plan) - plan.clip_duration_seconds)
+    last_start = _last_start_seconds(plan)
     t_max = plan.sampling.max_span_seconds
     if t_max is None:
         return 0.0, last_start
@@ -286,17 +292,15 @@ def _random_starts(plan: ClipPlan) -> StartRule:
 
 
 def _centre_starts(plan: ClipPlan) -> StartRule:
-    last_start = max(0.0, timeline_duration_seconds(plan) - plan.clip_duration_seconds)
-    if len(plan.clips) == 1:
-        placed = "the clip starts at the middle"
-    else:
-        placed = f"clip c starts at (c + 1/2)/{len(plan.clips)}"
+    last_start = _last_start_seconds(plan)
+    k = plan.sampling.num_clips  # clips, not views: with spatial crops a clip is S rows
+    placed = "the clip starts at the middle" if k == 1 else f"clip c starts at (c + 1/2)/{k}"
     return StartRule(f"centre sampling, nothing drawn: {placed} of the start range 0.00-{last_start:.2f} s (shaded)",
                      (0.0, last_start))
 
 
 def _uniform_starts(plan: ClipPlan) -> StartRule:
-    last_start = max(0.0, timeline_duration_seconds(plan) - plan.clip_duration_seconds)
+    last_start = _last_start_seconds(plan)
     k, crops = plan.sampling.num_clips, plan.sampling.spatial_crops
     views = f", {crops} crops each: {k * crops} views" if crops > 1 else ""
     return StartRule(f"multi-view test, nothing drawn: {_count(k, 'clip')} evenly spaced, clip k starts at k/{k} "
@@ -315,7 +319,7 @@ def start_rule(plan: ClipPlan) -> StartRule:
     rule = START_RULES.get(plan.sampling.temporal_sampling)
     if rule is not None:
         return rule(plan)
-    last_start = max(0.0, timeline_duration_seconds(plan) - plan.clip_duration_seconds)
+    last_start = _last_start_seconds(plan)
     return StartRule(f"{plan.sampling.temporal_sampling} sampling: starts within 0.00-{last_start:.2f} s (shaded)",
                      (0.0, last_start))
 

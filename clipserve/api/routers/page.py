@@ -191,8 +191,8 @@ const START_RULES = {
   },
   centre(plan, duration) {
     const lastStart = Math.max(0, duration - plan.clip_duration_seconds);
-    const placed = plan.clips.length === 1 ? "the clip starts at the middle"
-                                           : "clip c starts at (c + 1/2)/" + plan.clips.length;
+    const k = plan.sampling.num_clips;  // clips, not views: with spatial crops a clip is S rows
+    const placed = k === 1 ? "the clip starts at the middle" : "clip c starts at (c + 1/2)/" + k;
     return {window: [0, lastStart], caption: "centre sampling, nothing drawn: " + placed +
             " of the start range 0.00–" + lastStart.toFixed(2) + " s (shaded)"};
   },
@@ -206,8 +206,10 @@ const START_RULES = {
 };
 function startRule(plan, duration) {
   const rule = START_RULES[plan.sampling.temporal_sampling];
-  return rule ? rule(plan, duration)
-              : {window: [0, 0], caption: "temporal sampling " + plan.sampling.temporal_sampling};
+  if (rule) return rule(plan, duration);
+  const lastStart = Math.max(0, duration - plan.clip_duration_seconds);  // render.py start_rule's fallback
+  return {window: [0, lastStart], caption: plan.sampling.temporal_sampling + " sampling: starts within 0.00–" +
+          lastStart.toFixed(2) + " s (shaded)"};
 }
 function tickStep(duration) {
   for (const step of [0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600]) {
